@@ -1,0 +1,32 @@
+# One command for the test suite and one for the demo pipeline; both create .venv when missing.
+PYTHON ?= python3
+VENV ?= .venv
+# torch/torchvision are pinned for this machine (pip takes them from local disk); override elsewhere,
+# e.g. `make test TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint install clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests workflow benchmarks
+	cd $(CURDIR) && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint --profile profiles/demo
+
+demo: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/demo
+
+clean-venv:
+	rm -rf $(VENV)
