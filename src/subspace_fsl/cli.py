@@ -49,15 +49,59 @@ def _add_prepare(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    pass
+    from subspace_fsl.engine.commands import run_train
+
+    parser = sub.add_parser(
+        "train", help="episodic meta-training of one configuration (resumes; no-op when done)",
+        description="Meta-train a backbone and head on base-class episodes, validating on "
+                    "fixed validation-class episodes; writes config.yaml, checkpoint.pt, "
+                    "best.pt, history.csv, train_summary.json and done into --out.")
+    _config_arguments(parser)
+    parser.add_argument("--out", "-o", required=True, metavar="RUN_DIR",
+                        help="run directory (created; a killed run resumes from it)")
+    parser.add_argument("--split-file", metavar="JSON",
+                        help="class split file (default {results_dir}/splits/{dataset}.json; "
+                             "made from the split settings when missing)")
+    parser.add_argument("--cache", metavar="DIR",
+                        help="image cache directory (default: built from the dataset settings)")
+    parser.set_defaults(handler=run_train)
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    pass
+    from subspace_fsl.engine.commands import run_evaluate
+
+    parser = sub.add_parser(
+        "evaluate", help="evaluate a trained run on fixed novel (or validation) episodes",
+        description="Embed every image of the split once, run eval.episodes episodes on the "
+                    "cached features and write episodes.csv and summary.json.")
+    _config_arguments(parser)
+    parser.add_argument("--run", required=True, metavar="RUN_DIR",
+                        help="a train --out directory (its config.yaml is the default --config)")
+    parser.add_argument("--split", choices=("novel", "val"), default="novel",
+                        help="classes to evaluate on (val: for choosing lambdas); default novel")
+    parser.add_argument("--checkpoint", metavar="PT", help="default RUN_DIR/best.pt")
+    parser.add_argument("--out", "-o", metavar="DIR", help="default RUN_DIR/eval/SPLIT")
+    parser.add_argument("--split-file", metavar="JSON", help="class split file (as for train)")
+    parser.add_argument("--cache", metavar="DIR", help="image cache directory (as for train)")
+    parser.set_defaults(handler=run_evaluate)
 
 
 def _add_predict(sub: argparse._SubParsersAction) -> None:
-    pass
+    from subspace_fsl.engine.commands import run_predict
+
+    parser = sub.add_parser(
+        "predict", help="classify images against a support folder with a trained checkpoint",
+        description="Print and write (CSV) each image's predicted class, its distance to every "
+                    "support class and each feature subspace's share of that distance.")
+    _config_arguments(parser)
+    parser.add_argument("--checkpoint", required=True, metavar="PT", help="e.g. RUN_DIR/best.pt")
+    parser.add_argument("--support", required=True, metavar="DIR",
+                        help="folder with one subfolder of labelled images per class")
+    parser.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                        help="image files and/or folders to classify")
+    parser.add_argument("--out", "-o", default="predictions.csv", metavar="CSV",
+                        help="output table (default predictions.csv)")
+    parser.set_defaults(handler=run_predict)
 
 
 # --- workflow commands (split, tracking set-up, report) ------------------------------------
