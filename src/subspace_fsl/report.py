@@ -1,0 +1,569 @@
+"""The benchmark's tables (CSV, Markdown, LaTeX) and seaborn plots (PNG, PDF).
+
+Inputs are the files the engine writes per run (``eval/{val,novel}/episodes.csv``,
+``history.csv``), the class split and the validation choices of ``subspace_fsl.selection``.
+Accuracies are shown in percent: mean over the evaluation episodes +- the 95% CI
+``1.96 s / sqrt(n)``; with several training seeds, each episode's accuracy is first averaged
+over the seeds (all models see the same episodes) and ``sd`` is the standard deviation of the
+per-seed means.
+
+Tables (``TABLE_NAMES``): ``main`` (methods x (way, shot), novel classes, everything chosen on
+validation), ``subspaces`` (accuracy over S), ``lambdas`` (the lambda1 x lambda2 grid),
+``constraints`` (each constraint switched off), ``paired`` (per-episode differences of the
+method against each baseline, Wilcoxon signed-rank and paired t-test, Holm-corrected).
+Plots (``PLOT_NAMES``): ``accuracy_vs_subspaces``, ``lambda_heatmaps``, ``training_curves``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from subspace_fsl import grid, paths, stats
+from subspace_fsl.config import atomic_write_text
+from subspace_fsl.selection import read_selection
+
+TABLE_NAMES = ("main", "subspaces", "lambdas", "constraints", "paired")
+TABLE_FORMATS = ("csv", "md", "tex")
+PLOT_NAMES = ("accuracy_vs_subspaces", "lambda_heatmaps", "training_curves")
+PLOT_FORMATS = ("png", "pdf")
+
+EPISODES_FILE = "episodes.csv"
+HISTORY_FILE = "history.csv"
+KEY_COLUMNS = ["method", "way", "shot", "n_subspaces", "lambda1", "lambda2", "seed"]
+SELECTION_RULE = "lambda1, lambda2 (and S in the main table) chosen by validation accuracy only"
+PAIRED_TESTS = (f"{stats.WILCOXON} and {stats.TTEST} on per-episode accuracies, "
+                f"p-values {stats.HOLM}-corrected over all comparisons of the table")
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _key_frame(run: grid.Run) -> dict[str, Any]:
+    return {"method": run.method, "run": run.name, **run.key._asdict()}
+
+
+def load_results(cfg: Mapping[str, Any], splits: Sequence[str] = paths.SPLITS,
+                 runs: Iterable[grid.Run] | None = None) -> pd.DataFrame:
+    """Long per-episode table of every run of the grid: the key columns, ``run``, ``split``,
+    ``episode`` and ``accuracy`` (a fraction). Missing evaluations raise FileNotFoundError."""
+    frames, missing = [], []
+    for run in (grid.all_runs(cfg) if runs is None else runs):
+        for split in splits:
+            path = paths.eval_dir(cfg, run.method, split, run.name) / EPISODES_FILE
+            if not path.is_file():
+                missing.append(str(path))
+                continue
+            table = pd.read_csv(path)[["episode", "accuracy"]]
+            frames.append(table.assign(split=split, **_key_frame(run)))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
+    columns = [*KEY_COLUMNS, "run", "split", "episode", "accuracy"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def load_histories(cfg: Mapping[str, Any], runs: Iterable[grid.Run] | None = None
+                   ) -> pd.DataFrame:
+    """Every run's ``history.csv`` (rows with a validation accuracy), with the key columns."""
+    frames = []
+    for run in (grid.all_runs(cfg) if runs is None else runs):
+        path = paths.run_dir(cfg, run.method, run.name) / HISTORY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"training history missing: {path}")
+        table = pd.read_csv(path)
+        table = table[table["val_acc"].notna()][["episode", "val_acc"]]
+        frames.append(table.assign(**_key_frame(run)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def split_description(cfg: Mapping[str, Any]) -> str:
+    """"class split: random (seed 0), 100 base / 50 val / 50 novel classes" from the split
+    file the runs used (the configuration's ``split`` section if there is none yet)."""
+    path = paths.split_path(cfg)
+    if path.is_file():
+        split = json.loads(path.read_text())
+        rule, seed = split["rule"], split.get("seed")
+        counts = [len(split[k]) for k in ("base", "val", "novel")]
+    else:
+        rule, seed = cfg["split"]["rule"], cfg["split"]["seed"]
+        counts = list(cfg["split"]["counts"])
+    seed_text = f" (seed {seed})" if rule == "random" else ""
+    return (f"class split {rule}{seed_text}: {counts[0]:g} base / {counts[1]:g} validation / "
+            f"{counts[2]:g} novel classes")
+
+
+def protocol_description(cfg: Mapping[str, Any], results: pd.DataFrame | None = None) -> str:
+    ev = cfg["eval"]
+    n = int(results["episode"].nunique()) if results is not None else ev["episodes"]
+    return (f"{n} test episodes per cell, {ev['query']} queries per class, one episode seed "
+            f"({ev['seed']}) for every model; accuracy in % as mean +- 95% CI "
+            f"(1.96 s / sqrt(episodes))")
+
+
+# --- summaries -------------------------------------------------------------------------------
+
+
+def paired_episodes(rows: pd.DataFrame) -> pd.Series:
+    """Per-episode accuracy (a fraction) averaged over training seeds, indexed by episode."""
+    return rows.groupby("episode")["accuracy"].mean().sort_index()
+
+
+def summarise(rows: pd.DataFrame) -> dict[str, float]:
+    """Mean +- CI (in %) over episodes of one model configuration, and the seed spread."""
+    if rows.empty:
+        return {"mean": math.nan, "ci95": math.nan, "seed_sd": math.nan, "n_episodes": 0,
+                "n_seeds": 0}
+    mean, half = stats.mean_ci(paired_episodes(rows).to_numpy())
+    seed_means = rows.groupby("seed")["accuracy"].mean().to_numpy()
+    return {"mean": 100 * mean, "ci95": 100 * half,
+            "seed_sd": 100 * stats.seed_spread(seed_means),
+            "n_episodes": int(rows["episode"].nunique()), "n_seeds": len(seed_means)}
+
+
+def cell_rows(results: pd.DataFrame, method: str, split: str, way: int, shot: int,
+              n_subspaces: int | None = None, lambda1: float | None = None,
+              lambda2: float | None = None) -> pd.DataFrame:
+    mask = ((results["method"] == method) & (results["split"] == split)
+            & (results["way"] == way) & (results["shot"] == shot))
+    for column, value in (("n_subspaces", n_subspaces), ("lambda1", lambda1),
+                          ("lambda2", lambda2)):
+        if value is not None:
+            mask &= np.isclose(results[column], value) if column != "n_subspaces" else (
+                results[column] == value)
+    return results[mask]
+
+
+def format_cell(summary: Mapping[str, float], latex: bool = False) -> str:
+    if summary["n_episodes"] == 0 or math.isnan(summary["mean"]):
+        return "n/a"
+    pm = r" \pm " if latex else " ± "
+    text = f"{summary['mean']:.2f}{pm}{summary['ci95']:.2f}"
+    if latex:
+        text = f"${text}$"
+    if not math.isnan(summary["seed_sd"]):
+        text += f" (sd {summary['seed_sd']:.2f})"
+    return text
+
+
+def way_shot_label(way: int, shot: int) -> str:
+    return f"{way}-way {shot}-shot"
+
+
+def _way_shots(cfg: Mapping[str, Any]) -> list[tuple[int, int]]:
+    return [(w, k) for w in cfg["grid"]["way"] for k in cfg["grid"]["shot"]]
+
+
+# --- tables ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    """A table: ``data`` (numeric, written as CSV) and ``display`` / ``display_tex`` (text cells,
+    Markdown and LaTeX), with a caption stating the split rule and the protocol."""
+
+    name: str
+    caption: str
+    data: pd.DataFrame
+    display: pd.DataFrame
+    display_tex: pd.DataFrame
+
+
+def _display_pair(rows: list[tuple[str, str, dict[str, float] | str]]
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(row label, column label, summary or text) triples -> Markdown and LaTeX frames."""
+    md: dict[str, dict[str, str]] = {}
+    tex: dict[str, dict[str, str]] = {}
+    for row, col, value in rows:
+        md.setdefault(row, {})[col] = value if isinstance(value, str) else format_cell(value)
+        tex.setdefault(row, {})[col] = (value if isinstance(value, str)
+                                        else format_cell(value, latex=True))
+    return (pd.DataFrame.from_dict(md, orient="index").fillna(""),
+            pd.DataFrame.from_dict(tex, orient="index").fillna(""))
+
+
+def _lambda_text(l1: float, l2: float, s: int | None = None) -> str:
+    parts = [] if s is None else [f"S={s}"]
+    return ", ".join([*parts, f"λ1={paths.format_number(l1)}", f"λ2={paths.format_number(l2)}"])
+
+
+def main_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
+               context: str) -> Table:
+    method = grid.method_name(cfg)
+    records, cells = [], []
+    for way, shot in _way_shots(cfg):
+        col = way_shot_label(way, shot)
+        best = selection[(selection["way"] == way) & (selection["shot"] == shot)
+                         & selection["best_s"]].iloc[0]
+        s, l1, l2 = int(best["n_subspaces"]), float(best["lambda1"]), float(best["lambda2"])
+        summary = summarise(cell_rows(results, method, "novel", way, shot, s, l1, l2))
+        records.append({"method": method, "way": way, "shot": shot, "n_subspaces": s,
+                        "lambda1": l1, "lambda2": l2, **summary, "chosen_on": "validation"})
+        cells.append((method, col, summary))
+        cells.append((f"{method}: chosen on validation", col, _lambda_text(l1, l2, s)))
+        for name in grid.baseline_names(cfg):
+            b = grid.baseline_settings(cfg, name)
+            summary = summarise(cell_rows(results, name, "novel", way, shot))
+            records.append({"method": name, "way": way, "shot": shot,
+                            "n_subspaces": b["n_subspaces"], "lambda1": b["lambda1"],
+                            "lambda2": b["lambda2"], **summary, "chosen_on": "fixed"})
+            cells.append((name, col, summary))
+    md, tex = _display_pair(cells)
+    caption = (f"Novel-class accuracy of the method ({method}; S, λ1, λ2 chosen by validation "
+               f"accuracy) and the baselines, trained on the same episodes. {context}")
+    return Table("main", caption, pd.DataFrame(records), md, tex)
+
+
+def subspaces_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
+                    context: str) -> Table:
+    method = grid.method_name(cfg)
+    records, cells = [], []
+    for row in selection.itertuples(index=False):
+        s, l1, l2 = int(row.n_subspaces), float(row.lambda1), float(row.lambda2)
+        summary = summarise(cell_rows(results, method, "novel", row.way, row.shot, s, l1, l2))
+        records.append({"way": row.way, "shot": row.shot, "n_subspaces": s, "lambda1": l1,
+                        "lambda2": l2, "val_accuracy": 100 * row.val_accuracy, **summary})
+        col = way_shot_label(row.way, row.shot)
+        cells.append((f"S = {s}", col, summary))
+        cells.append((f"S = {s}: chosen on validation", col, _lambda_text(l1, l2)))
+    md, tex = _display_pair(cells)
+    caption = (f"Novel-class accuracy of {method} over the number of feature subspaces S "
+               f"(λ1, λ2 chosen by validation accuracy at each S). {context}")
+    return Table("subspaces", caption, pd.DataFrame(records), md, tex)
+
+
+def lambdas_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
+                  context: str) -> Table:
+    method = grid.method_name(cfg)
+    records, cells = [], []
+    g = cfg["grid"]
+    for way, shot in _way_shots(cfg):
+        for s in g["n_subspaces"]:
+            chosen = selection[(selection["way"] == way) & (selection["shot"] == shot)
+                               & (selection["n_subspaces"] == s)].iloc[0]
+            for l1 in g["lambda1"]:
+                row = f"{way_shot_label(way, shot)}, S={s}, λ1={paths.format_number(l1)}"
+                for l2 in g["lambda2"]:
+                    val = summarise(cell_rows(results, method, "val", way, shot, s, l1, l2))
+                    nov = summarise(cell_rows(results, method, "novel", way, shot, s, l1, l2))
+                    is_chosen = bool(np.isclose(chosen["lambda1"], l1)
+                                     and np.isclose(chosen["lambda2"], l2))
+                    records.append({"way": way, "shot": shot, "n_subspaces": s, "lambda1": l1,
+                                    "lambda2": l2, "val_mean": val["mean"],
+                                    "val_ci95": val["ci95"], "novel_mean": nov["mean"],
+                                    "novel_ci95": nov["ci95"], "n_seeds": nov["n_seeds"],
+                                    "chosen": is_chosen})
+                    mark = " *" if is_chosen else ""
+                    cells.append((row, f"λ2={paths.format_number(l2)}",
+                                  f"{format_cell(nov)} [val {val['mean']:.2f}]{mark}"))
+    md, tex = _display_pair(cells)
+    tex = tex.map(lambda t: t.replace("*", r"$\ast$"))
+    caption = (f"{method}: novel-class accuracy over the λ1 x λ2 grid, with the validation "
+               f"accuracy in brackets; * marks the cell chosen on validation. {context}")
+    return Table("lambdas", caption, pd.DataFrame(records), md, tex)
+
+
+CONSTRAINT_VARIANTS = (
+    ("both constraints (λ1, λ2 chosen)", None, None),
+    ("L1 off (λ1 = 0, λ2 chosen)", 0.0, None),
+    ("L2 off (λ2 = 0, λ1 chosen)", None, 0.0),
+    ("both off (λ1 = λ2 = 0)", 0.0, 0.0),
+)
+
+
+def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: str) -> Table:
+    """Each constraint switched off: the best validation cell among those with that lambda 0."""
+    from subspace_fsl.selection import cell_scores
+
+    method = grid.method_name(cfg)
+    scores = cell_scores(results, method, "val")
+    records, cells = [], []
+    for way, shot in _way_shots(cfg):
+        for s in cfg["grid"]["n_subspaces"]:
+            here = scores[(scores["way"] == way) & (scores["shot"] == shot)
+                          & (scores["n_subspaces"] == s)]
+            for label, l1, l2 in CONSTRAINT_VARIANTS:
+                cand = here
+                if l1 is not None:
+                    cand = cand[np.isclose(cand["lambda1"], l1)]
+                if l2 is not None:
+                    cand = cand[np.isclose(cand["lambda2"], l2)]
+                col, row = way_shot_label(way, shot), f"S = {s}: {label}"
+                if cand.empty:
+                    records.append({"way": way, "shot": shot, "n_subspaces": s,
+                                    "variant": label, "lambda1": math.nan,
+                                    "lambda2": math.nan, "mean": math.nan, "ci95": math.nan})
+                    cells.append((row, col, "not in grid"))
+                    continue
+                best = cand.sort_values(["accuracy", "lambda1", "lambda2"],
+                                        ascending=[False, True, True]).iloc[0]
+                b1, b2 = float(best["lambda1"]), float(best["lambda2"])
+                summary = summarise(cell_rows(results, method, "novel", way, shot, s, b1, b2))
+                records.append({"way": way, "shot": shot, "n_subspaces": s, "variant": label,
+                                "lambda1": b1, "lambda2": b2, **summary})
+                cells.append((row, col, f"{format_cell(summary)} ({_lambda_text(b1, b2)})"))
+    md, tex = _display_pair(cells)
+    caption = (f"{method} with each constraint switched off: L1 (feature-subspace diversity) "
+               f"and L2 (class-subspace discrimination); the remaining lambda is chosen on "
+               f"validation among the grid cells with the switched-off lambda = 0. {context}")
+    return Table("constraints", caption, pd.DataFrame(records), md, tex)
+
+
+def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
+                 context: str) -> Table:
+    method = grid.method_name(cfg)
+    records = []
+    for way, shot in _way_shots(cfg):
+        best = selection[(selection["way"] == way) & (selection["shot"] == shot)
+                         & selection["best_s"]].iloc[0]
+        s, l1, l2 = int(best["n_subspaces"]), float(best["lambda1"]), float(best["lambda2"])
+        ours = paired_episodes(cell_rows(results, method, "novel", way, shot, s, l1, l2))
+        for name in grid.baseline_names(cfg):
+            theirs = paired_episodes(cell_rows(results, name, "novel", way, shot))
+            common = ours.index.intersection(theirs.index)
+            if len(common) != len(ours) or len(common) != len(theirs):
+                raise ValueError(f"{method} and {name} were not evaluated on the same episodes")
+            r = stats.paired_compare(ours.loc[common].to_numpy(), theirs.loc[common].to_numpy())
+            records.append({"way": way, "shot": shot, "method": method, "n_subspaces": s,
+                            "lambda1": l1, "lambda2": l2, "baseline": name,
+                            "mean_diff": 100 * r.mean_diff, "ci95": 100 * r.ci95,
+                            "p_wilcoxon": r.p_wilcoxon, "p_ttest": r.p_ttest,
+                            "n_episodes": r.n})
+    data = pd.DataFrame(records)
+    data["p_wilcoxon_holm"] = stats.holm(data["p_wilcoxon"].to_numpy())
+    data["p_ttest_holm"] = stats.holm(data["p_ttest"].to_numpy())
+    data["test"] = PAIRED_TESTS
+    md_rows, tex_rows = [], []
+    for r in data.itertuples(index=False):
+        label = f"{way_shot_label(r.way, r.shot)}: {method} - {r.baseline}"
+        values = {"chosen on validation": _lambda_text(r.lambda1, r.lambda2, r.n_subspaces),
+                  "difference (pp)": f"{r.mean_diff:+.2f} ± {r.ci95:.2f}",
+                  "Wilcoxon p (Holm)": f"{r.p_wilcoxon_holm:.2g}",
+                  "t-test p (Holm)": f"{r.p_ttest_holm:.2g}",
+                  "episodes": str(r.n_episodes)}
+        md_rows.append(pd.Series(values, name=label))
+        tex_rows.append(pd.Series({**values, "difference (pp)":
+                                   f"${r.mean_diff:+.2f} \\pm {r.ci95:.2f}$"}, name=label))
+    caption = (f"Paired comparison on identical novel-class episodes: per-episode accuracy of "
+               f"{method} minus each baseline (percentage points, mean ± 95% CI). Tests: "
+               f"{PAIRED_TESTS}. {context}")
+    return Table("paired", caption, data, pd.DataFrame(md_rows), pd.DataFrame(tex_rows))
+
+
+def build_tables(cfg: Mapping[str, Any], results: pd.DataFrame,
+                 selection: pd.DataFrame) -> list[Table]:
+    context = (f"Split rule: {split_description(cfg)}. {SELECTION_RULE}. "
+               f"{protocol_description(cfg, results[results['split'] == 'novel'])}.")
+    return [main_table(cfg, results, selection, context),
+            subspaces_table(cfg, results, selection, context),
+            lambdas_table(cfg, results, selection, context),
+            constraints_table(cfg, results, context),
+            paired_table(cfg, results, selection, context)]
+
+
+# --- writers ---------------------------------------------------------------------------------
+
+
+def to_markdown(frame: pd.DataFrame, index_name: str = "") -> str:
+    header = [index_name, *map(str, frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for label, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(label), *map(str, row.tolist())]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_TEX_ESCAPES = {"&": r"\&", "%": r"\%", "_": r"\_", "#": r"\#", "λ": r"$\lambda$",
+                "±": r"$\pm$"}
+
+
+def _tex_escape(text: str) -> str:
+    """Escape LaTeX specials outside ``$...$`` math spans."""
+    parts = text.split("$")
+    return "$".join(part if i % 2 else "".join(_TEX_ESCAPES.get(ch, ch) for ch in part)
+                    for i, part in enumerate(parts))
+
+
+def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
+    cols = "l" + "c" * len(frame.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small",
+             rf"\caption{{{_tex_escape(caption)}}}", rf"\label{{tab:{label}}}",
+             rf"\begin{{tabular}}{{{cols}}}", r"\toprule",
+             " & ".join(["", *(_tex_escape(str(c)) for c in frame.columns)]) + r" \\",
+             r"\midrule"]
+    for row_label, row in frame.iterrows():
+        cells = [_tex_escape(str(row_label)), *(_tex_escape(str(v)) for v in row.tolist())]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(table: Table, out_dir: str | Path, split_rule: str) -> list[Path]:
+    out = Path(out_dir)
+    data = table.data.assign(split_rule=split_rule)
+    files = {
+        "csv": data.to_csv(index=False),
+        "md": f"**Table {table.name}.** {table.caption}\n\n{to_markdown(table.display)}",
+        "tex": to_latex(table.display_tex, table.caption, table.name),
+    }
+    written = []
+    for ext in TABLE_FORMATS:
+        path = out / f"{table.name}.{ext}"
+        atomic_write_text(path, files[ext])
+        written.append(path)
+    return written
+
+
+def write_tables(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> list[Path]:
+    """Every table of ``TABLE_NAMES`` in every format, into ``paths.tables_dir(cfg)``."""
+    results = load_results(cfg)
+    selection = read_selection(paths.selection_path(cfg))
+    rule = split_description(cfg)
+    out = Path(out_dir) if out_dir is not None else paths.tables_dir(cfg)
+    written = []
+    for table in build_tables(cfg, results, selection):
+        written += write_table(table, out, rule)
+    return written
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+
+def _save(fig: Any, out: Path, name: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in PLOT_FORMATS:
+        path = out / f"{name}.{ext}"
+        tmp = out / f".{name}.tmp.{ext}"
+        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=ext)
+        tmp.replace(path)
+        written.append(path)
+    plt.close(fig)
+    return written
+
+
+def _selected_rows(results: pd.DataFrame, selection: pd.DataFrame, method: str,
+                   split: str) -> pd.DataFrame:
+    key = selection[["way", "shot", "n_subspaces", "lambda1", "lambda2"]]
+    rows = results[(results["method"] == method) & (results["split"] == split)]
+    return rows.merge(key, on=["way", "shot", "n_subspaces", "lambda1", "lambda2"])
+
+
+def plot_accuracy_vs_subspaces(cfg: Mapping[str, Any], results: pd.DataFrame,
+                               selection: pd.DataFrame) -> Any:
+    """Novel accuracy against S (lambdas chosen on validation), one panel per (way, shot),
+    95% CI bars; baselines as dashed horizontal reference lines."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    method = grid.method_name(cfg)
+    rows = _selected_rows(results, selection, method, "novel")
+    per_episode = (rows.groupby(["way", "shot", "n_subspaces", "episode"], as_index=False)
+                   ["accuracy"].mean())
+    per_episode["accuracy"] *= 100
+    cells = _way_shots(cfg)
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
+    palette = sns.color_palette("deep", n_colors=len(grid.baseline_names(cfg)) + 1)
+    for ax, (way, shot) in zip(axes[0], cells, strict=True):
+        data = per_episode[(per_episode["way"] == way) & (per_episode["shot"] == shot)]
+        sns.lineplot(data=data, x="n_subspaces", y="accuracy", marker="o", ax=ax,
+                     errorbar=("se", stats.Z95), err_style="bars", color=palette[0],
+                     label=method)
+        for color, name in zip(palette[1:], grid.baseline_names(cfg), strict=True):
+            base = summarise(cell_rows(results, name, "novel", way, shot))
+            ax.axhline(base["mean"], ls="--", color=color, label=name)
+            ax.axhspan(base["mean"] - base["ci95"], base["mean"] + base["ci95"], color=color,
+                       alpha=0.12, lw=0)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(cfg["grid"]["n_subspaces"], [str(s) for s in cfg["grid"]["n_subspaces"]])
+        ax.set(title=way_shot_label(way, shot), xlabel="feature subspaces S",
+               ylabel="novel accuracy (%)")
+        ax.legend(fontsize="small")
+    fig.suptitle(f"{split_description(cfg)}; λ chosen on validation", fontsize="small")
+    return fig
+
+
+def plot_lambda_heatmaps(cfg: Mapping[str, Any], results: pd.DataFrame) -> Any:
+    """Validation and novel accuracy over lambda1 x lambda2, one row per (way, shot, S)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    method = grid.method_name(cfg)
+    rows = results[results["method"] == method]
+    means = (rows.groupby(["split", "way", "shot", "n_subspaces", "lambda1", "lambda2"],
+                          as_index=False)["accuracy"].mean())
+    means["accuracy"] *= 100
+    cells = [(w, k, s) for w, k in _way_shots(cfg) for s in cfg["grid"]["n_subspaces"]]
+    sns.set_theme(style="white", context="paper")
+    fig, axes = plt.subplots(len(cells), 2, figsize=(8.5, 2.6 * len(cells) + 0.6),
+                             squeeze=False)
+    for (way, shot, s), pair in zip(cells, axes, strict=True):
+        for ax, split in zip(pair, paths.SPLITS, strict=True):
+            data = means[(means["split"] == split) & (means["way"] == way)
+                         & (means["shot"] == shot) & (means["n_subspaces"] == s)]
+            grid_ = data.pivot(index="lambda1", columns="lambda2", values="accuracy")
+            grid_.index = [paths.format_number(v) for v in grid_.index]
+            grid_.columns = [paths.format_number(v) for v in grid_.columns]
+            sns.heatmap(grid_, annot=True, fmt=".1f", cmap="viridis", ax=ax,
+                        cbar_kws={"label": "accuracy (%)"})
+            name = "validation" if split == "val" else "novel"
+            ax.set(title=f"{way_shot_label(way, shot)}, S={s}: {name}", xlabel="λ2",
+                   ylabel="λ1")
+    fig.suptitle(f"{method}; {split_description(cfg)}", fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_training_curves(cfg: Mapping[str, Any], histories: pd.DataFrame,
+                         selection: pd.DataFrame) -> Any:
+    """Validation accuracy over training episodes: the method's chosen cell at every S and
+    the baselines, one panel per (way, shot); several seeds are averaged (band = 95% CI)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    method = grid.method_name(cfg)
+    ours = histories.merge(selection[["way", "shot", "n_subspaces", "lambda1", "lambda2"]],
+                           on=["way", "shot", "n_subspaces", "lambda1", "lambda2"])
+    ours = ours[ours["method"] == method].assign(
+        model=lambda d: method + " S=" + d["n_subspaces"].astype(str))
+    others = histories[histories["method"] != method].assign(model=lambda d: d["method"])
+    data = pd.concat([ours, others], ignore_index=True)
+    data["val_acc"] = 100 * data["val_acc"]
+    cells = _way_shots(cfg)
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 3.4), squeeze=False)
+    for ax, (way, shot) in zip(axes[0], cells, strict=True):
+        here = data[(data["way"] == way) & (data["shot"] == shot)]
+        sns.lineplot(data=here, x="episode", y="val_acc", hue="model", ax=ax,
+                     errorbar=("ci", 95) if here["seed"].nunique() > 1 else None)
+        ax.set(title=way_shot_label(way, shot), xlabel="training episode",
+               ylabel="validation accuracy (%)")
+        ax.legend(fontsize="x-small")
+    fig.suptitle("validation accuracy during training (λ chosen on validation)",
+                 fontsize="small")
+    return fig
+
+
+def write_plots(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> list[Path]:
+    """Every plot of ``PLOT_NAMES`` as PNG and PDF, into ``paths.plots_dir(cfg)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results = load_results(cfg)
+    selection = read_selection(paths.selection_path(cfg))
+    histories = load_histories(cfg)
+    out = Path(out_dir) if out_dir is not None else paths.plots_dir(cfg)
+    written = []
+    written += _save(plot_accuracy_vs_subspaces(cfg, results, selection), out,
+                     "accuracy_vs_subspaces")
+    written += _save(plot_lambda_heatmaps(cfg, results), out, "lambda_heatmaps")
+    written += _save(plot_training_curves(cfg, histories, selection), out, "training_curves")
+    return written

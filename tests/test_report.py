@@ -1,0 +1,199 @@
+"""report + selection on per-episode CSVs fabricated in tmp_path (the engine's file formats)."""
+
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from subspace_fsl import grid, paths, report, selection
+from subspace_fsl.config import load_config
+
+EPISODES = 40
+
+
+def _cfg(tmp_path, seeds=(0,)):
+    return load_config(overrides=[
+        f"results_dir={tmp_path / 'results'}",
+        "dataset.name=fab",
+        "grid.way=[5]", "grid.shot=[1, 5]", "grid.n_subspaces=[1, 4]",
+        "grid.lambda1=[0, 0.3]", "grid.lambda2=[0, 0.1]", f"grid.seeds={list(seeds)}",
+        "grid.baselines={protonet: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0},"
+        " dsn: {head: dsn, n_subspaces: 1, lambda1: 0, lambda2: 0.03}}",
+        f"eval.episodes={EPISODES}",
+    ])
+
+
+def _true_accuracy(run: grid.Run, split: str) -> float:
+    """Designed so that validation prefers lambda1=0.3, lambda2=0 at S=4 while the novel
+    split would prefer lambda2=0.1: selection must follow validation only."""
+    k = run.key
+    if run.method == "protonet":
+        return 0.50
+    if run.method == "dsn":
+        return 0.55
+    acc = 0.52 + 0.02 * (k.n_subspaces == 4) + 0.01 * (k.shot == 5)
+    if split == "val":
+        acc += 0.05 * (k.lambda1 == 0.3) + 0.01 * (k.lambda2 == 0.1) * (k.n_subspaces == 1)
+        acc -= 0.04 * (k.lambda2 == 0.1) * (k.n_subspaces == 4)
+    else:
+        acc += 0.03 * (k.lambda1 == 0.3) + 0.06 * (k.lambda2 == 0.1)
+    return acc
+
+
+def _fabricate(cfg) -> None:
+    rng = np.random.default_rng(0)
+    episode_noise = {s: rng.normal(0, 0.05, EPISODES) for s in paths.SPLITS}  # shared episodes
+    for run in grid.all_runs(cfg):
+        for split in paths.SPLITS:
+            acc = np.clip(_true_accuracy(run, split) + episode_noise[split]
+                          + rng.normal(0, 0.01, EPISODES), 0, 1)
+            out = paths.eval_dir(cfg, run.method, split, run.name)
+            out.mkdir(parents=True)
+            pd.DataFrame({"episode": np.arange(EPISODES), "seed": 2024, "accuracy": acc}
+                         ).to_csv(out / "episodes.csv", index=False)
+        history = pd.DataFrame({"episode": [10, 20, 30, 40], "train_loss": 1.0,
+                                "val_acc": [0.3, np.nan, 0.4, 0.45], "val_ci95": 0.01})
+        history.to_csv(paths.run_dir(cfg, run.method, run.name) / "history.csv", index=False)
+    split = {"rule": "random", "seed": 0, "counts": [10, 5, 5],
+             "base": [f"b{i}" for i in range(10)], "val": [f"v{i}" for i in range(5)],
+             "novel": [f"n{i}" for i in range(5)]}
+    paths.split_path(cfg).parent.mkdir(parents=True)
+    paths.split_path(cfg).write_text(json.dumps(split))
+
+
+@pytest.fixture
+def fabricated(tmp_path):
+    cfg = _cfg(tmp_path, seeds=(0, 1))
+    _fabricate(cfg)
+    return cfg
+
+
+def test_selection_uses_validation_only(fabricated):
+    path = selection.run_selection(fabricated)
+    chosen = selection.read_selection(path)
+    assert len(chosen) == 4  # 2 shots x 2 S
+    s4 = chosen[chosen["n_subspaces"] == 4]
+    assert (s4["lambda1"] == 0.3).all() and (s4["lambda2"] == 0).all()  # novel prefers 0.1
+    s1 = chosen[chosen["n_subspaces"] == 1]
+    assert (s1["lambda1"] == 0.3).all() and (s1["lambda2"] == 0.1).all()
+    # per (way, shot) exactly one S is marked best, and it is the larger validation score
+    for _, group in chosen.groupby(["way", "shot"]):
+        assert group["best_s"].sum() == 1
+        assert group.loc[group["best_s"], "val_accuracy"].item() == group["val_accuracy"].max()
+    assert set(chosen["n_seeds"]) == {2}
+
+
+def test_selection_ties_go_to_smaller_lambdas():
+    rows = [{"method": "m", "split": "val", "way": 5, "shot": 1, "n_subspaces": 2,
+             "lambda1": l1, "lambda2": l2, "seed": 0, "episode": e, "accuracy": 0.5}
+            for l1 in (0.3, 0.0) for l2 in (0.1, 0.0) for e in range(3)]
+    chosen = selection.select(pd.DataFrame(rows), "m")
+    assert chosen[["lambda1", "lambda2"]].iloc[0].tolist() == [0.0, 0.0]
+
+
+def test_every_table_in_every_format(fabricated):
+    selection.run_selection(fabricated)
+    written = report.write_tables(fabricated)
+    out = paths.tables_dir(fabricated)
+    assert sorted(written) == sorted(out / f"{n}.{e}" for n in report.TABLE_NAMES
+                                     for e in report.TABLE_FORMATS)
+    for name in report.TABLE_NAMES:
+        data = pd.read_csv(out / f"{name}.csv")
+        assert (data["split_rule"] == "class split random (seed 0): 10 base / 5 validation / "
+                                      "5 novel classes").all()
+        md = (out / f"{name}.md").read_text()
+        tex = (out / f"{name}.tex").read_text()
+        assert "class split random (seed 0)" in md and "class split random" in tex
+        assert "validation" in md
+        assert tex.count(r"\begin{tabular}") == 1 and tex.rstrip().endswith(r"\end{table}")
+
+    main = pd.read_csv(out / "main.csv")
+    assert set(main["method"]) == {"multisubspace", "protonet", "dsn"}
+    assert len(main) == 3 * 2
+    ours = main[main["method"] == "multisubspace"]
+    assert (ours["lambda1"] == 0.3).all() and (ours["n_subspaces"] == 4).all()
+    assert (ours["n_seeds"] == 2).all() and ours["seed_sd"].notna().all()
+    md = (out / "main.md").read_text()
+    assert "| multisubspace |" in md and "5-way 1-shot" in md and "5-way 5-shot" in md
+    assert "(sd " in md  # seed spread next to the episode CI
+
+    lam = pd.read_csv(out / "lambdas.csv")
+    assert len(lam) == 2 * 2 * 2 * 2 and lam["chosen"].sum() == 4
+
+    cons = pd.read_csv(out / "constraints.csv")
+    assert len(cons) == 2 * 2 * len(report.CONSTRAINT_VARIANTS)
+    off = cons[cons["variant"].str.startswith("L2 off")]
+    assert (off["lambda2"] == 0).all()
+    both = cons[cons["variant"].str.startswith("both off")]
+    assert ((both["lambda1"] == 0) & (both["lambda2"] == 0)).all()
+
+
+def test_main_table_numbers_by_hand(fabricated):
+    selection.run_selection(fabricated)
+    report.write_tables(fabricated)
+    main = pd.read_csv(paths.tables_dir(fabricated) / "main.csv")
+    row = main[(main["method"] == "protonet") & (main["shot"] == 1)].iloc[0]
+    seeds = [pd.read_csv(paths.eval_dir(fabricated, "protonet", "novel",
+                                        paths.run_name(5, 1, 1, 0, 0, s)) / "episodes.csv")
+             ["accuracy"].to_numpy() for s in (0, 1)]
+    per_episode = (seeds[0] + seeds[1]) / 2
+    assert row["mean"] == pytest.approx(100 * per_episode.mean())
+    assert row["ci95"] == pytest.approx(
+        100 * 1.96 * per_episode.std(ddof=1) / np.sqrt(EPISODES))
+    assert row["seed_sd"] == pytest.approx(100 * np.std([s.mean() for s in seeds], ddof=1))
+
+
+def test_paired_table_against_scipy(fabricated):
+    selection.run_selection(fabricated)
+    report.write_tables(fabricated)
+    paired = pd.read_csv(paths.tables_dir(fabricated) / "paired.csv")
+    assert len(paired) == 2 * 2  # 2 shots x 2 baselines
+    assert paired["test"].str.contains("Wilcoxon").all()
+    row = paired[(paired["shot"] == 5) & (paired["baseline"] == "dsn")].iloc[0]
+
+    def episodes(method, run):
+        return np.mean([pd.read_csv(paths.eval_dir(fabricated, method, "novel",
+                                                   run.format(seed=s)) / "episodes.csv")
+                        ["accuracy"].to_numpy() for s in (0, 1)], axis=0)
+
+    ours = episodes("multisubspace", "w5_k5_S4_l1-0.3_l2-0_seed{seed}")
+    theirs = episodes("dsn", "w5_k5_S1_l1-0_l2-0.03_seed{seed}")
+    assert row["mean_diff"] == pytest.approx(100 * (ours - theirs).mean())
+    assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(ours - theirs).pvalue)
+    assert row["p_ttest"] == pytest.approx(sps.ttest_rel(ours, theirs).pvalue)
+    raw = np.sort(paired["p_wilcoxon"].to_numpy())
+    holm = np.sort(paired["p_wilcoxon_holm"].to_numpy())
+    assert holm[0] == pytest.approx(min(1.0, 4 * raw[0]))
+    assert (paired["p_wilcoxon_holm"] >= paired["p_wilcoxon"]).all()
+
+
+def test_single_seed_has_no_seed_spread(tmp_path):
+    cfg = _cfg(tmp_path, seeds=(0,))
+    _fabricate(cfg)
+    selection.run_selection(cfg)
+    report.write_tables(cfg)
+    main = pd.read_csv(paths.tables_dir(cfg) / "main.csv")
+    assert main["seed_sd"].isna().all()
+    assert "(sd " not in (paths.tables_dir(cfg) / "main.md").read_text()
+
+
+def test_plots_written_as_png_and_pdf(fabricated):
+    selection.run_selection(fabricated)
+    written = report.write_plots(fabricated)
+    out = paths.plots_dir(fabricated)
+    assert sorted(written) == sorted(out / f"{n}.{e}" for n in report.PLOT_NAMES
+                                     for e in report.PLOT_FORMATS)
+    for path in written:
+        head = path.read_bytes()[:8]
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else head.startswith(b"%PDF")
+        assert path.stat().st_size > 5000
+
+
+def test_missing_evaluation_is_named(fabricated):
+    victim = paths.eval_dir(fabricated, "dsn", "novel", "w5_k1_S1_l1-0_l2-0.03_seed1")
+    (victim / "episodes.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape("w5_k1_S1_l1-0_l2-0.03_seed1")):
+        report.load_results(fabricated)
