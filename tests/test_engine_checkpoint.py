@@ -23,13 +23,14 @@ from subspace_fsl.engine.checkpoint import (
 
 
 def draw() -> tuple[list[float], list[float], list[float]]:
-    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+    legacy_numpy = np.random.rand(3).tolist()  # noqa: NPY002
+    return torch.rand(3).tolist(), legacy_numpy, [random.random() for _ in range(3)]
 
 
 def test_rng_state_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     seed_everything(7)
     draw()
-    np.random.randn()  # leaves a cached gaussian in numpy's legacy state
+    np.random.randn()  # noqa: NPY002 - leaves a cached gaussian in numpy's legacy state
     save_checkpoint({"rng": rng_state()}, tmp_path / "c.pt")
     expected = draw()
     seed_everything(99)
@@ -43,9 +44,15 @@ def test_state_with_model_optimizer_and_generator_state_loads_back(tmp_path: Pat
     model(torch.ones(1, 4)).sum().backward()
     optimizer.step()
     generator_state = np.random.default_rng(3).bit_generator.state  # 128-bit python ints
-    save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                     "sampler": generator_state, "history": [{"episode": 1, "loss": 0.5}]},
-                    tmp_path / "c.pt")
+    save_checkpoint(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "sampler": generator_state,
+            "history": [{"episode": 1, "loss": 0.5}],
+        },
+        tmp_path / "c.pt",
+    )
     state = load_checkpoint(tmp_path / "c.pt")
     assert torch.equal(state["model"]["weight"], model.weight.detach())
     assert state["sampler"] == generator_state
@@ -83,7 +90,7 @@ def test_foreign_or_missing_files_are_named(tmp_path: Path) -> None:
     torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a subspace-fsl/1 checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+    with pytest.raises(FileNotFoundError, match=r"nothing\.pt"):
         load_checkpoint(tmp_path / "nothing.pt")
 
 

@@ -24,7 +24,9 @@ from subspace_fsl.tracking import (
 
 
 def config(tmp_path: Path, *overrides: str) -> dict:
-    return load_config(None, [f"results_dir={tmp_path / 'results'}", "dataset.name=birds", *overrides])
+    return load_config(
+        None, [f"results_dir={tmp_path / 'results'}", "dataset.name=birds", *overrides]
+    )
 
 
 def test_default_uri_is_an_absolute_sqlite_file_and_env_wins(tmp_path, monkeypatch) -> None:
@@ -49,10 +51,19 @@ def test_file_stores_are_refused_with_the_key(tmp_path, monkeypatch, uri) -> Non
 
 
 def test_flatten_gives_dotted_keys() -> None:
-    flat = flatten({"train": {"shot": 5, "lr": 0.001}, "split": {"counts": [1, 2, 3]},
-                    "dataset": {"root": None}})
-    assert flat == {"train.shot": "5", "train.lr": "0.001", "split.counts": "[1, 2, 3]",
-                    "dataset.root": "null"}
+    flat = flatten(
+        {
+            "train": {"shot": 5, "lr": 0.001},
+            "split": {"counts": [1, 2, 3]},
+            "dataset": {"root": None},
+        }
+    )
+    assert flat == {
+        "train.shot": "5",
+        "train.lr": "0.001",
+        "split.counts": "[1, 2, 3]",
+        "dataset.root": "null",
+    }
 
 
 def test_disabled_tracking_touches_nothing(tmp_path, monkeypatch) -> None:
@@ -67,7 +78,9 @@ def test_disabled_tracking_touches_nothing(tmp_path, monkeypatch) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_a_run_directory_keeps_its_run_and_artifacts_land_next_to_the_db(tmp_path, monkeypatch) -> None:
+def test_a_run_directory_keeps_its_run_and_artifacts_land_next_to_the_db(
+    tmp_path, monkeypatch
+) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     cfg = config(tmp_path)
@@ -90,7 +103,9 @@ def test_a_run_directory_keeps_its_run_and_artifacts_land_next_to_the_db(tmp_pat
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == "birds"
     assert experiment.artifact_location.startswith((tmp_path / "results" / "mlartifacts").as_uri())
-    assert [a.path for a in client.list_artifacts(first.run_id, "eval/novel")] == ["eval/novel/summary.json"]
+    assert [a.path for a in client.list_artifacts(first.run_id, "eval/novel")] == [
+        "eval/novel/summary.json"
+    ]
     assert not (tmp_path / "mlruns").exists()
     assert json.loads((run_dir / "mlflow_run.json").read_text())["uri"] == tracking_uri(cfg)
 
@@ -117,8 +132,12 @@ def test_four_processes_log_to_one_fresh_store_and_lose_nothing(tmp_path, monkey
     results, steps, workers = tmp_path / "results", 40, 4
     # no ensure_store first: the racing processes must create the database and experiment safely
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, str(results), str(tmp_path / f"run{i}"),
-                          str(steps)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(results), str(tmp_path / f"run{i}"), str(steps)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for i in range(workers)
     ]
     outputs = [p.communicate(timeout=180)[0] for p in procs]
@@ -129,7 +148,9 @@ def test_four_processes_log_to_one_fresh_store_and_lose_nothing(tmp_path, monkey
     assert len(experiments) == 1
     runs = client.search_runs([experiments[0].experiment_id])
     assert len(runs) == workers
-    assert {r.info.run_id for r in runs} == {recorded_run_id(tmp_path / f"run{i}") for i in range(workers)}
+    assert {r.info.run_id for r in runs} == {
+        recorded_run_id(tmp_path / f"run{i}") for i in range(workers)
+    }
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["train.shot"] == "5"

@@ -61,7 +61,8 @@ def choose_device(setting: str) -> torch.device:
         index = device.index or 0
         if index >= torch.cuda.device_count():
             raise ValueError(
-                f"runtime.device={setting!r} but only {torch.cuda.device_count()} CUDA device(s) exist"
+                f"runtime.device={setting!r} but only {torch.cuda.device_count()} CUDA "
+                f"device(s) exist"
             )
     return device
 
@@ -142,7 +143,7 @@ def configure(cfg: Mapping[str, Any]) -> Runtime:
 
 
 def place_model(model: nn.Module, runtime: Runtime) -> nn.Module:
-    """Move a model to the device (channels_last when asked); torch.compile is applied by callers."""
+    """Move a model to the device, in channels_last memory format when asked."""
     model = model.to(runtime.device)
     if runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -55,7 +55,7 @@ def tracking_uri(cfg: Mapping[str, Any]) -> str:
     if not uri:
         db = (Path(cfg["results_dir"]) / "mlflow.db").resolve()
         return f"sqlite:///{db}"
-    if uri.startswith("file:") or "://" not in uri and not uri.startswith("databricks"):
+    if uri.startswith("file:") or ("://" not in uri and not uri.startswith("databricks")):
         raise ConfigError(
             f"{source}={uri!r}: file stores are not supported (MLflow 3.13+ refuses them); use "
             f"sqlite:///ABSOLUTE/PATH/mlflow.db, or http(s):// for an mlflow server"
@@ -71,7 +71,7 @@ def experiment_name(cfg: Mapping[str, Any]) -> str:
 def _sqlite_path(uri: str) -> Path | None:
     if not uri.startswith("sqlite:///"):
         return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
     return Path("/" + path.lstrip("/")) if uri.startswith("sqlite:////") else Path(path)
 
 
@@ -136,7 +136,9 @@ def _get_or_create_experiment(client: Any, name: str, uri: str) -> str:
             with_retry(client.restore_experiment, experiment.experiment_id)
         return experiment.experiment_id
     try:
-        return with_retry(client.create_experiment, name, artifact_location=_artifact_location(uri, name))
+        return with_retry(
+            client.create_experiment, name, artifact_location=_artifact_location(uri, name)
+        )
     except MlflowException as exc:
         # another process created it between our look-up and our create
         if "already exists" not in str(exc).lower() and "RESOURCE_ALREADY_EXISTS" not in str(exc):
@@ -172,7 +174,9 @@ def flatten(settings: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, f"{name}."))
         else:
-            flat[name] = json.dumps(value) if isinstance(value, list | dict) or value is None else str(value)
+            flat[name] = (
+                json.dumps(value) if isinstance(value, list | dict) or value is None else str(value)
+            )
     return flat
 
 
@@ -234,16 +238,18 @@ class RunTracker(NullTracker):
         self.client = _client(uri)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log settings; on a resumed run only those not logged yet (MLflow params are immutable)."""
+        """Log settings; on a resumed run only the new ones (MLflow params are immutable)."""
         from mlflow.entities import Param
 
         logged = with_retry(self.client.get_run, self.run_id).data.params
         changed = sorted(k for k, v in params.items() if k in logged and logged[k] != str(v))
         if changed:
-            log.warning("MLflow run %s keeps its first values of: %s", self.run_id, ", ".join(changed))
+            log.warning(
+                "MLflow run %s keeps its first values of: %s", self.run_id, ", ".join(changed)
+            )
         fresh = [Param(k, str(v)) for k, v in params.items() if k not in logged]
         for start in range(0, len(fresh), 100):  # MLflow accepts at most 100 params per batch
-            with_retry(self.client.log_batch, self.run_id, params=fresh[start:start + 100])
+            with_retry(self.client.log_batch, self.run_id, params=fresh[start : start + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
@@ -295,7 +301,9 @@ def open_run(
                         tracker.set_tags(tags)
                     return tracker
             except MlflowException:
-                log.warning("MLflow run %s is gone from %s; starting a new one", record["run_id"], uri)
+                log.warning(
+                    "MLflow run %s is gone from %s; starting a new one", record["run_id"], uri
+                )
     run_tags = {"mlflow.runName": Path(run_dir).name, "run_dir": str(Path(run_dir).resolve())}
     run_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
     run = with_retry(client.create_run, experiment_id, tags=run_tags, run_name=Path(run_dir).name)

@@ -63,7 +63,8 @@ def load_checkpoint(
 
 def rng_state() -> dict[str, Any]:
     """torch (CPU and CUDA), numpy and python RNG states as tensors and plain containers."""
-    np_state = np.random.get_state(legacy=True)
+    # the legacy global RNG is what third-party code draws from; capture it as-is
+    np_state = np.random.get_state(legacy=True)  # noqa: NPY002
     py_version, py_internal, py_gauss = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
@@ -85,7 +86,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     """Restore what ``rng_state`` captured."""
     torch.set_rng_state(state["torch"].cpu())
     numpy_state = state["numpy"]
-    np.random.set_state(
+    np.random.set_state(  # noqa: NPY002
         (
             numpy_state["bit_generator"],
             np.asarray(numpy_state["keys"], dtype=np.uint32),
@@ -95,7 +96,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
         )
     )
     python_state = state["python"]
-    random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss"]))
+    random.setstate(
+        (python_state["version"], tuple(python_state["internal"]), python_state["gauss"])
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
@@ -103,5 +106,5 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def seed_everything(seed: int) -> None:
     """Seed torch (all devices), numpy's global RNG and python's ``random``."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
     torch.manual_seed(seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -15,11 +16,14 @@ def setup_logging() -> None:
     """Plain timestamped lines on stderr, unless the caller configured logging already."""
     root = logging.getLogger()
     if not root.handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # MLflow's own INFO lines (database migrations, run links) drown the training log
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.basicConfig(
+            level=logging.INFO,
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    # MLflow's own INFO lines (database migrations, run links) drown the training log;
+    # MLflow reads this when it is imported, which happens later
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -43,8 +47,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, args.overrides)
     checkpoint = Path(args.checkpoint) if args.checkpoint else run / "best.pt"
     out = Path(args.out) if args.out else run / "eval" / args.split
-    summary = evaluate(cfg, checkpoint, args.split, out, split_file=args.split_file,
-                       cache_dir=args.cache)
+    summary = evaluate(
+        cfg, checkpoint, args.split, out, split_file=args.split_file, cache_dir=args.cache
+    )
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -1,0 +1,114 @@
+"""The engine's view of the data: the image cache, the class split, and shape checks.
+
+Built on ``subspace_fsl.data`` (cache, splits, episodes); this module only joins them and
+turns a bad episode shape into an error that names the setting, before any training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineData:
+    """An opened image cache plus the class split (names) mapped onto the cache's class ids."""
+
+    cache: Any  # subspace_fsl.data.cache.ImageCache
+    split: dict[str, Any]
+    split_file: Path | None = None
+    _class_ids: dict[str, int] = field(default_factory=dict)
+    _loaders: dict[torch.device, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._class_ids = {str(name): i for i, name in enumerate(self.cache.class_names)}
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.asarray(self.cache.labels)
+
+    @property
+    def stamp(self) -> str:
+        return str(self.cache.stamp)
+
+    def split_classes(self, split_name: str) -> list[int]:
+        """Class ids of a split (``base``, ``val``, ``novel``) in the split file's order."""
+        names = self.split[split_name]
+        missing = [n for n in names if n not in self._class_ids]
+        if missing:
+            raise ValueError(
+                f"split file {self.split_file} names classes the image cache does not hold "
+                f"({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); "
+                f"was it made for another data set?"
+            )
+        return [self._class_ids[n] for n in names]
+
+    def images_to_tensor(self, indices: np.ndarray, device: torch.device) -> torch.Tensor:
+        """Normalised float images ``[n, 3, H, W]`` of cache rows (no augmentation)."""
+        from subspace_fsl.data.episodes import EpisodeLoader
+
+        if device not in self._loaders:
+            self._loaders[device] = EpisodeLoader(self.cache, device, augment=False)
+        return self._loaders[device].load(np.asarray(indices, dtype=np.int64))
+
+
+def resolve_split(
+    cfg: Mapping[str, Any], split_file: str | os.PathLike[str] | None, class_names: list[str]
+) -> tuple[dict[str, Any], Path]:
+    """Load the split file; create it from ``cfg['split']`` when it does not exist yet."""
+    from subspace_fsl.data.splits import load_split, make_split, save_split
+
+    if split_file is None:
+        from subspace_fsl.paths import split_path
+
+        split_file = split_path(cfg)
+    path = Path(split_file)
+    if not path.is_file():
+        settings = cfg["split"]
+        split = make_split(class_names, settings["rule"], settings["counts"], settings["seed"])
+        save_split(split, path)
+        log.info("made class split %s (rule %s)", path, settings["rule"])
+    return load_split(path, class_names), path
+
+
+def open_data(
+    cfg: Mapping[str, Any],
+    *,
+    split_file: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> EngineData:
+    """Open (building if needed) the configuration's image cache and its class split."""
+    from subspace_fsl.data.cache import ImageCache, prepare
+
+    directory = Path(cache_dir) if cache_dir is not None else prepare(cfg)
+    cache = ImageCache.open(directory)
+    split, path = resolve_split(cfg, split_file, [str(n) for n in cache.class_names])
+    return EngineData(cache=cache, split=split, split_file=path)
+
+
+def check_episode_fits(
+    data: EngineData, split_name: str, way: int, shot: int, query: int, section: str
+) -> None:
+    """Way within the split's classes, shot + query within its smallest class; else name the key."""
+    classes = data.split_classes(split_name)
+    if way > len(classes):
+        raise ValueError(
+            f"{section}.way={way} but the {split_name} split has {len(classes)} classes"
+        )
+    counts = np.bincount(data.labels, minlength=max(classes) + 1)[classes]
+    smallest = int(counts.min())
+    if shot + query > smallest:
+        query_key = "train.query" if section == "train" else "eval.query"
+        raise ValueError(
+            f"train.shot={shot} + {query_key}={query} = {shot + query} but the smallest "
+            f"{split_name} class has {smallest} images"
+        )

@@ -1,0 +1,202 @@
+"""Episodic evaluation on cached features (method.md step 3), also used for validation.
+
+Every image of the evaluated split is embedded ONCE (batches of ``eval.batch_size`` under
+``torch.inference_mode``); the episodes (``eval.episodes``, ``eval.query`` queries per class,
+one ``eval.seed`` shared by every method) then run on those features with the head alone.
+The backbone is deterministic in eval mode, so this equals re-embedding each episode's
+images, at a fraction of the cost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from subspace_fsl.config import atomic_write_text, save_config
+from subspace_fsl.engine.checkpoint import load_checkpoint
+from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data
+from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode
+from subspace_fsl.runtime import Runtime, configure, no_grad_eval, place_model, to_input
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = ("val", "novel", "base")
+
+
+def embed_images(
+    model: FewShotModel, data: EngineData, indices: np.ndarray, batch_size: int, runtime: Runtime
+) -> torch.Tensor:
+    """Features ``[len(indices), D]`` (float32, on the device) of cached images, in batches."""
+    chunks = []
+    with no_grad_eval(model):
+        for start in range(0, len(indices), batch_size):
+            images = data.images_to_tensor(indices[start : start + batch_size], runtime.device)
+            with runtime.autocast():
+                chunks.append(model.backbone(to_input(images, runtime)).float())
+    return torch.cat(chunks) if chunks else torch.empty(0, model.feature_dim, device=runtime.device)
+
+
+def episode_accuracies(
+    model: FewShotModel,
+    data: EngineData,
+    episodes: Sequence[Any],
+    batch_size: int,
+    runtime: Runtime,
+) -> np.ndarray:
+    """Accuracy of each episode, computed on features embedded once for all of them."""
+    needed = (
+        np.unique(np.concatenate([np.concatenate([e.support_idx, e.query_idx]) for e in episodes]))
+        if episodes
+        else np.zeros(0, dtype=np.int64)
+    )
+    features = embed_images(model, data, needed, batch_size, runtime)
+    row = {int(image): i for i, image in enumerate(needed)}
+    accuracies = np.empty(len(episodes), dtype=np.float64)
+    with no_grad_eval(model):
+        for i, episode in enumerate(episodes):
+            support = features[
+                torch.as_tensor([row[int(j)] for j in episode.support_idx], device=features.device)
+            ]
+            query = features[
+                torch.as_tensor([row[int(j)] for j in episode.query_idx], device=features.device)
+            ]
+            support_labels = torch.as_tensor(episode.support_labels, device=features.device)
+            query_labels = torch.as_tensor(episode.query_labels, device=features.device)
+            logits = model.head(support, support_labels, query).logits
+            accuracies[i] = (logits.argmax(dim=1) == query_labels).float().mean().item()
+    return accuracies
+
+
+def summarise(accuracies: np.ndarray) -> dict[str, float]:
+    """mean, std (population, as in the field's code) and ci95 = 1.96 std / sqrt(n)."""
+    n = len(accuracies)
+    mean = float(np.mean(accuracies)) if n else math.nan
+    std = float(np.std(accuracies)) if n else math.nan
+    return {"mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n) if n else math.nan}
+
+
+def evaluation_plan(
+    cfg: Mapping[str, Any],
+    data: EngineData,
+    split_name: str,
+    episodes: int | None = None,
+    way: int | None = None,
+    shot: int | None = None,
+) -> list[Any]:
+    """The fixed episodes of a split: ``eval.seed``, ``eval.query``; way and shot of training."""
+    from subspace_fsl.data.episodes import episode_plan
+
+    way = cfg["train"]["way"] if way is None else way
+    shot = cfg["train"]["shot"] if shot is None else shot
+    query = cfg["eval"]["query"]
+    classes = data.split_classes(split_name)
+    check_episode_fits(data, split_name, way, shot, query, "eval")
+    return episode_plan(
+        data.labels,
+        classes,
+        way,
+        shot,
+        query,
+        episodes or cfg["eval"]["episodes"],
+        cfg["eval"]["seed"],
+    )
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str], runtime: Runtime
+) -> tuple[FewShotModel, dict[str, Any]]:
+    """Rebuild the checkpoint's model (its own stored settings) and load its weights."""
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    model = build_model(state["config"])
+    model.load_state_dict(state["model"])
+    return place_model(model, runtime), state
+
+
+def evaluate(
+    cfg: Mapping[str, Any],
+    checkpoint: str | os.PathLike[str],
+    split_name: str,
+    out_dir: str | os.PathLike[str],
+    *,
+    split_file: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on ``split_name`` (``novel``, or ``val`` for choosing lambdas).
+
+    Writes ``episodes.csv`` (episode, seed, accuracy), ``config.yaml`` and, last,
+    ``summary.json``; logs them into the MLflow run of the checkpoint's run directory.
+    """
+    from subspace_fsl import tracking
+
+    if split_name not in SPLIT_NAMES:
+        raise ValueError(f"split={split_name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
+    out = Path(out_dir)
+    runtime = configure(cfg)
+    model, state = load_model(checkpoint, runtime)
+    data = open_data(cfg, split_file=split_file, cache_dir=cache_dir)
+    way, shot = cfg["train"]["way"], cfg["train"]["shot"]
+    check_head_episode(model, way, shot, "train")
+    plan = evaluation_plan(cfg, data, split_name)
+    log.info(
+        "evaluating %s on %d %s episodes (%d-way %d-shot, %d queries per class)",
+        checkpoint,
+        len(plan),
+        split_name,
+        way,
+        shot,
+        cfg["eval"]["query"],
+    )
+    accuracies = episode_accuracies(model, data, plan, cfg["eval"]["batch_size"], runtime)
+    summary = {
+        **summarise(accuracies),
+        "episodes": len(plan),
+        "way": way,
+        "shot": shot,
+        "query": cfg["eval"]["query"],
+        "seed": cfg["eval"]["seed"],
+        "split": split_name,
+        "split_rule": data.split["rule"],
+        "split_seed": data.split.get("seed"),
+        "backbone": state["config"]["model"]["backbone"],
+        "head": state["config"]["model"]["head"],
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "checkpoint_episode": state.get("episode"),
+        "data_stamp": data.stamp,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(
+        {"episode": np.arange(len(plan)), "seed": cfg["eval"]["seed"], "accuracy": accuracies}
+    )
+    atomic_write_text(out / "episodes.csv", table.to_csv(index=False))
+    save_config(cfg, out / "config.yaml")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+    run_dir = Path(checkpoint).resolve().parent
+    tracker = tracking.open_run(cfg, run_dir)
+    tracker.log_metrics(
+        {
+            f"{split_name}_acc": summary["mean"],
+            f"{split_name}_ci95": summary["ci95"],
+            f"{split_name}_std": summary["std"],
+        },
+        step=int(state.get("episode") or 0),
+    )
+    for name in ("summary.json", "episodes.csv", "config.yaml"):
+        tracker.log_artifact(out / name, f"eval/{split_name}")
+    log.info(
+        "%s accuracy %.2f%% +- %.2f%% over %d episodes",
+        split_name,
+        100 * summary["mean"],
+        100 * summary["ci95"],
+        len(plan),
+    )
+    return summary

@@ -1,0 +1,58 @@
+"""Backbone + head as one module: one backbone pass over an episode's support and queries."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class FewShotModel(nn.Module):
+    """``backbone`` maps images to features; ``head`` turns an episode's features into logits."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, feature_dim: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.feature_dim = feature_dim
+
+    def forward(
+        self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor
+    ) -> Any:
+        """Embed support and queries together (one pass, shared batch statistics), then classify."""
+        features = self.backbone(torch.cat([support, query], dim=0))
+        n_support = support.shape[0]
+        # heads solve small linear systems; keep them in float32 even under bf16 autocast
+        features = features.float()
+        return self.head(features[:n_support], support_labels, features[n_support:])
+
+
+def build_model(cfg: Mapping[str, Any]) -> FewShotModel:
+    """The configured backbone and head; unknown names fail with the offending key and value."""
+    from subspace_fsl.backbones import build_backbone
+    from subspace_fsl.heads import build_head
+
+    settings = cfg["model"]
+    try:
+        backbone = build_backbone(settings["backbone"], weights=settings["backbone_weights"])
+    except ValueError as exc:
+        raise ValueError(f"model.backbone={settings['backbone']!r}: {exc}") from None
+    feature_dim = int(backbone.output_dim(cfg["dataset"]["image_size"]))
+    model_keys = {
+        k: v for k, v in settings.items() if k not in ("backbone", "backbone_weights", "head")
+    }
+    try:
+        head = build_head(settings["head"], feature_dim, **model_keys)
+    except ValueError as exc:
+        raise ValueError(f"model.head={settings['head']!r}: {exc}") from None
+    return FewShotModel(backbone, head, feature_dim)
+
+
+def check_head_episode(model: FewShotModel, way: int, shot: int, section: str) -> None:
+    """The head's own check of an episode shape (e.g. subspace_dim <= shot), naming the keys."""
+    try:
+        model.head.validate_episode(way, shot)
+    except ValueError as exc:
+        raise ValueError(f"{section}.way={way}, {section}.shot={shot}: {exc}") from None
