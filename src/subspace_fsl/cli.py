@@ -108,7 +108,30 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_workflow_commands(sub: argparse._SubParsersAction) -> None:
-    pass
+    from subspace_fsl import workflow_commands as wc
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        parser = sub.add_parser(name, help=help_text, description=help_text)
+        _config_arguments(parser)
+        parser.set_defaults(handler=handler)
+        return parser
+
+    parser = command("split", wc.run_split,
+                     "make the base / validation / novel class split of the image cache")
+    parser.add_argument("--cache", metavar="DIR", help="image cache (default: from the settings)")
+    parser.add_argument("--out", "-o", metavar="JSON",
+                        help="split file (default {results_dir}/splits/{dataset}.json)")
+    parser = command("init-tracking", wc.run_init_tracking,
+                     "create the MLflow store and the data set's experiment (before training)")
+    parser.add_argument("--out", "-o", metavar="JSON",
+                        help="marker file (default {results_dir}/tracking/{dataset}.json)")
+    command("select", wc.run_select,
+            "choose lambda1, lambda2 per (way, shot, S) and S per (way, shot) on validation")
+    command("tables", wc.run_tables, "write every results table (CSV, Markdown, LaTeX)")
+    command("plots", wc.run_plots, "draw every results plot (PNG, PDF)")
+    command("runs", wc.run_runs, "list the runs of the grid (method/run-name), one a line")
+    command("show-config", wc.run_show_config,
+            "print the resolved settings (schema defaults filled in) as YAML")
 
 
 def build_parser() -> argparse.ArgumentParser:
