@@ -38,11 +38,63 @@ def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    pass
+    parser = sub.add_parser(
+        "synth", help="write the synthetic sub-category data set in CUB's layout",
+        description="Write the synthetic data set (CUB-200-2011's layout) to --out. Options "
+                    "left out take dataset.synthetic.* from --config/--set or the schema.")
+    _config_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder to create (must not exist)")
+    parser.add_argument("--classes", type=int, help="number of classes")
+    parser.add_argument("--images-per-class", type=int, help="images per class")
+    parser.add_argument("--size", type=int, help="image side in pixels")
+    parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    def run(args: argparse.Namespace) -> int:
+        import logging
+
+        from subspace_fsl.data.synth import generate
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        settings = config_from_args(args)["dataset"]["synthetic"]
+        chosen = {key: getattr(args, key) if getattr(args, key) is not None else settings[key]
+                  for key in ("classes", "images_per_class", "size", "seed")}
+        try:
+            out = generate(args.out, **chosen, workers=args.workers)
+        except FileExistsError as exc:
+            raise ValueError(str(exc)) from None
+        print(f"wrote {chosen['classes']} classes x {chosen['images_per_class']} images "
+              f"at {chosen['size']} px to {out}")
+        return 0
+
+    parser.set_defaults(handler=run)
 
 
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    pass
+    parser = sub.add_parser(
+        "prepare", help="raw data (download + extract, or synthesise) -> image cache",
+        description="Make the configuration's raw data available (download and extract "
+                    "CUB-200-2011, generate the synthetic set, or read a folder of class "
+                    "sub-folders) and build or reuse its image cache.")
+    _config_arguments(parser)
+    parser.add_argument("--workers", type=int, default=None, help="decoding processes (default 2)")
+
+    def run(args: argparse.Namespace) -> int:
+        import logging
+
+        from subspace_fsl.data.cache import ImageCache, prepare
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        try:
+            cache = ImageCache.open(prepare(config_from_args(args), workers=args.workers))
+        except (ConnectionError, FileExistsError) as exc:  # reported like the other errors
+            raise ValueError(str(exc)) from None
+        n, _, height, width = cache.images.shape
+        print(f"cache {cache.directory}: {n} images, {len(cache.class_names)} classes, "
+              f"{height}x{width} px, {cache.images.nbytes / 1e6:.1f} MB, stamp {cache.stamp[:12]}")
+        return 0
+
+    parser.set_defaults(handler=run)
 
 
 # --- engine commands (train, evaluate, predict) --------------------------------------------

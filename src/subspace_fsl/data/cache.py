@@ -1,0 +1,267 @@
+"""Decode every image once into a uint8 array [n, 3, H, W] on disk, opened memory-mapped.
+
+A cache folder holds ``images.npy`` (uint8, written through ``np.lib.format.open_memmap``),
+``index.csv`` (image_id, path relative to the data root, class_id, class_name) and
+``meta.json`` (format version, shapes, preprocessing settings, the source's stamp and the
+combined ``stamp``). The folder is built under a temporary name and renamed when complete.
+``prepare(cfg)`` reuses a cache only when its stamp equals the one the configuration and the
+current source data give; otherwise it rebuilds it (and logs why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from subspace_fsl.data.cub import DatasetError
+from subspace_fsl.data.images import load_image
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INDEX_COLUMNS = ["image_id", "path", "class_id", "class_name"]
+
+
+class CacheError(ValueError):
+    """A cache folder that is incomplete, inconsistent or of another format; names the file."""
+
+
+def source_stamp(records: pd.DataFrame, root: str | os.PathLike[str], extra: Any = None) -> str:
+    """sha256 of the source listing: every image's relative path, size and class, plus the
+    list files' contents (when present) and ``extra`` (e.g. the archive's MD5).
+
+    Image bytes are not hashed (too slow for every ``prepare``): a file replaced by one of
+    the same size and name goes unnoticed; delete the cache in that case.
+    """
+    root = Path(root)
+    digest = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for name in ("images.txt", "classes.txt", "image_class_labels.txt", "bounding_boxes.txt"):
+        if (root / name).is_file():
+            digest.update(name.encode() + (root / name).read_bytes())
+    for path, class_name in zip(records["path"], records["class_name"], strict=True):
+        relative = os.path.relpath(path, root)
+        digest.update(f"{relative}\t{os.path.getsize(path)}\t{class_name}\n".encode())
+    return digest.hexdigest()
+
+
+def cache_stamp(source: str, image_size: int, resize: int | None, crop_to_bbox: bool) -> str:
+    """The stamp a cache must carry to be reused: source + preprocessing + format version."""
+    settings = {"format_version": FORMAT_VERSION, "source": source, "image_size": image_size,
+                "resize": resize or image_size, "crop_to_bbox": bool(crop_to_bbox)}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _decode(task: tuple[str, tuple[float, ...] | None, int, int]) -> np.ndarray:
+    path, bbox, image_size, resize = task
+    return load_image(path, image_size, resize, bbox)
+
+
+def build_cache(records: pd.DataFrame, out_dir: str | os.PathLike[str], image_size: int,
+                resize: int | None = None, crop_to_bbox: bool = False, source_stamp: str = "",
+                *, root: str | os.PathLike[str] | None = None, workers: int = 1,
+                progress: bool = True) -> Path:
+    """Decode ``records`` (``read_cub``/``read_folder`` rows) into the cache folder ``out_dir``.
+
+    ``root`` is the data root the index's paths are relative to (default: the common parent).
+    An existing ``out_dir`` is replaced only once the new cache is complete.
+    """
+    out_dir = Path(out_dir)
+    if records.empty:
+        raise DatasetError("no images to cache")
+    resize = resize or image_size
+    paths = [str(p) for p in records["path"]]
+    root = Path(root) if root is not None else Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+    boxes: list[tuple[float, ...] | None] = [None] * len(paths)
+    if crop_to_bbox:
+        box_values = records[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
+        if np.isnan(box_values).any():
+            raise DatasetError("crop_to_bbox is set but some records have no bounding box")
+        boxes = [tuple(b) for b in box_values]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
+    try:
+        shape = (len(paths), 3, image_size, image_size)
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        tasks = [(p, b, image_size, resize) for p, b in zip(paths, boxes, strict=True)]
+        bar = tqdm(total=len(tasks), desc=f"cache {out_dir.name}", unit="img", disable=not progress)
+        for i, array in enumerate(_decoded(tasks, workers)):
+            images[i] = array
+            bar.update()
+        bar.close()
+        images.flush()
+        del images
+        index = pd.DataFrame({
+            "image_id": records["image_id"].to_numpy(dtype=np.int64),
+            "path": [Path(os.path.relpath(p, root)).as_posix() for p in paths],
+            "class_id": records["class_id"].to_numpy(dtype=np.int64),
+            "class_name": records["class_name"].astype(str).to_numpy(),
+        })
+        index.to_csv(tmp / "index.csv", index=False)
+        meta = {"format_version": FORMAT_VERSION, "shape": list(shape), "dtype": "uint8",
+                "image_size": image_size, "resize": resize, "crop_to_bbox": bool(crop_to_bbox),
+                "source_stamp": source_stamp, "data_root": str(root),
+                "stamp": cache_stamp(source_stamp, image_size, resize, crop_to_bbox)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            os.replace(out_dir, old)
+            shutil.rmtree(old)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _decoded(tasks: list[tuple[str, tuple[float, ...] | None, int, int]], workers: int) -> Iterator[np.ndarray]:
+    if workers <= 1 or len(tasks) < 64:
+        yield from map(_decode, tasks)
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield from pool.imap(_decode, tasks, chunksize=32)
+
+
+@dataclass
+class ImageCache:
+    """An opened cache: ``images`` uint8 [n, 3, H, W] (memory-mapped), ``index``, ``labels``."""
+
+    directory: Path
+    images: np.ndarray
+    index: pd.DataFrame
+    labels: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def stamp(self) -> str:
+        return str(self.meta["stamp"])
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names by class_id (0, 1, ...)."""
+        pairs = self.index.drop_duplicates("class_id").sort_values("class_id")
+        return pairs["class_name"].tolist()
+
+    def class_ids(self, names: list[str]) -> np.ndarray:
+        """class_ids of the given class names (e.g. one split); unknown names are an error."""
+        lookup = {name: i for i, name in enumerate(self.class_names)}
+        unknown = [n for n in names if n not in lookup]
+        if unknown:
+            raise DatasetError(f"classes {unknown[:5]} are not in the cache {self.directory}")
+        return np.array([lookup[n] for n in names], dtype=np.int64)
+
+    def in_memory(self) -> ImageCache:
+        """A copy whose images live in RAM instead of the memory map."""
+        return ImageCache(self.directory, np.array(self.images), self.index, self.labels, self.meta)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str]) -> ImageCache:
+        """Open a cache folder, checking its format version, shapes and index."""
+        directory = Path(directory)
+        meta_path = directory / "meta.json"
+        if not meta_path.is_file():
+            raise CacheError(f"{meta_path} is missing: {directory} is not a complete cache")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CacheError(f"{meta_path} is not valid JSON: {exc}") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise CacheError(f"{meta_path}: format_version {meta.get('format_version')!r}, "
+                             f"this version reads {FORMAT_VERSION}; rebuild the cache")
+        try:
+            images = np.load(directory / "images.npy", mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot open {directory / 'images.npy'}: {exc}") from exc
+        if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
+            raise CacheError(f"{directory / 'images.npy'} has shape {images.shape} {images.dtype}, "
+                             f"meta.json says {meta['shape']} uint8")
+        try:
+            index = pd.read_csv(directory / "index.csv", dtype={"path": str, "class_name": str})
+        except (OSError, ValueError) as exc:
+            raise CacheError(f"cannot read {directory / 'index.csv'}: {exc}") from exc
+        if list(index.columns) != INDEX_COLUMNS or len(index) != images.shape[0]:
+            raise CacheError(f"{directory / 'index.csv'} has columns {list(index.columns)} and "
+                             f"{len(index)} rows; expected {INDEX_COLUMNS} and {images.shape[0]}")
+        labels = index["class_id"].to_numpy(dtype=np.int64)
+        return cls(directory, images, index, labels, meta)
+
+
+# --- raw data -> cache for a configuration -----------------------------------------------
+
+
+def _paths(cfg: Mapping[str, Any]) -> tuple[Path, Path]:
+    from subspace_fsl import paths
+
+    return paths.raw_root(cfg), paths.cache_dir(cfg)
+
+
+def prepare_raw(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None = None,
+                progress: bool = True) -> tuple[pd.DataFrame, Path, Any]:
+    """Make the raw data of ``cfg`` available; return (records, data root, stamp extra)."""
+    from subspace_fsl.data import cub, folder, synth
+
+    dataset = cfg["dataset"]
+    root = Path(raw_root) if raw_root is not None else _paths(cfg)[0]
+    source = dataset["source"]
+    if source == "synthetic":
+        s = dataset["synthetic"]
+        wanted = (s["classes"], s["images_per_class"], s["size"], s["seed"])
+        if not synth.is_generated(root, *wanted):
+            if root.exists():
+                if not (root / "synth.json").is_file():
+                    raise DatasetError(f"{root} exists but is not a synthetic data set "
+                                       "(no synth.json); remove it or set dataset.root")
+                log.warning("synthetic data in %s has other settings; generating it again", root)
+                shutil.rmtree(root)
+            synth.generate(root, *wanted, progress=progress)
+        return cub.read_cub(root, dataset["crop_to_bbox"]), root, synth.settings(*wanted)
+    if source == "cub":
+        if not cub.is_dataset_root(root):
+            archive = Path(cfg["data_dir"]) / cub.archive_name(dataset["url"])
+            cub.download(dataset["url"], archive, dataset["md5"], dataset["size_bytes"],
+                         progress=progress)
+            cub.extract(archive, root)
+        return cub.read_cub(root, dataset["crop_to_bbox"]), root, None
+    if source == "folder":
+        if dataset["crop_to_bbox"]:
+            raise DatasetError("dataset.crop_to_bbox needs bounding boxes; source folder has none")
+        return folder.read_folder(root), root, None
+    raise ValueError(f"dataset.source {source!r}: choose cub, synthetic or folder")
+
+
+def prepare(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None = None,
+            cache_dir: str | os.PathLike[str] | None = None, *, workers: int | None = None,
+            progress: bool = True) -> Path:
+    """Raw data (download/extract or synthesise) -> image cache for ``cfg``; returns the cache
+    folder. A cache whose stamp differs from the expected one is rebuilt, never used."""
+    dataset = cfg["dataset"]
+    cache_dir = Path(cache_dir) if cache_dir is not None else _paths(cfg)[1]
+    records, root, extra = prepare_raw(cfg, raw_root, progress)
+    source = source_stamp(records, root, extra)
+    expected = cache_stamp(source, dataset["image_size"], dataset["resize"], dataset["crop_to_bbox"])
+    if cache_dir.exists():
+        try:
+            existing = ImageCache.open(cache_dir)
+        except CacheError as exc:
+            log.warning("rebuilding the cache %s: %s", cache_dir, exc)
+        else:
+            if existing.stamp == expected:
+                log.info("cache %s is up to date (stamp %s)", cache_dir, expected[:12])
+                return cache_dir
+            log.warning("rebuilding the stale cache %s: stamp %s != expected %s (source data or "
+                        "preprocessing settings changed)", cache_dir, existing.stamp[:12], expected[:12])
+    workers = workers if workers is not None else min(2, os.cpu_count() or 1)
+    return build_cache(records, cache_dir, dataset["image_size"], dataset["resize"],
+                       dataset["crop_to_bbox"], source, root=root, workers=workers, progress=progress)

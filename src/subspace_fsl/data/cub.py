@@ -1,0 +1,288 @@
+"""CUB-200-2011: download (resumable, verified), safe extraction, and the list-file parser.
+
+``read_cub`` also reads the synthetic data set (``data.synth`` writes CUB's exact layout).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+COLUMNS = ["image_id", "path", "class_id", "class_name", "x", "y", "w", "h"]
+
+
+class ChecksumError(ValueError):
+    """A downloaded or given archive whose MD5 (or size) is not the expected one."""
+
+
+class DatasetError(ValueError):
+    """A data set folder whose list files or images are inconsistent; names the file."""
+
+
+# --- download ----------------------------------------------------------------------------
+
+
+def md5sum(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _set_aside(path: Path, reason: str, dest: Path) -> Path:
+    """Rename a bad file to ``<dest>.bad`` (kept for inspection, never used as valid)."""
+    aside = dest.with_name(dest.name + ".bad")
+    os.replace(path, aside)
+    log.warning("%s: %s; moved aside to %s", path, reason, aside)
+    return aside
+
+
+def _verify(path: Path, md5: str | None, size_bytes: int | None, dest: Path) -> None:
+    """Raise ``ChecksumError`` (after moving the file aside) unless size and MD5 match."""
+    size = path.stat().st_size
+    if size_bytes is not None and size != size_bytes:
+        aside = _set_aside(path, f"size {size} != expected {size_bytes}", dest)
+        raise ChecksumError(f"{path} has {size} bytes, expected {size_bytes}; moved aside to {aside}")
+    if md5 is not None:
+        actual = md5sum(path)
+        if actual != md5.lower():
+            aside = _set_aside(path, f"md5 {actual} != expected {md5}", dest)
+            raise ChecksumError(f"{path} has MD5 {actual}, expected {md5}; moved aside to {aside}")
+
+
+def download(url: str, dest: str | os.PathLike[str], md5: str | None, size_bytes: int | None = None,
+             *, retries: int = 3, progress: bool = True, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` (http(s):// or file://) to the file ``dest`` and verify it; return ``dest``.
+
+    An existing ``dest`` is verified and reused (a bad one is moved aside to ``.bad`` and
+    fetched again). Bytes go to ``dest.part``, which an interrupted download leaves behind and
+    the next attempt continues with an HTTP Range request (``retries`` attempts per call);
+    only a complete, verified file is renamed to ``dest``. A checksum mismatch after the
+    download raises ``ChecksumError`` and moves the file aside.
+    """
+    dest = Path(dest)
+    if dest.is_file():
+        try:
+            _verify(dest, md5, size_bytes, dest)
+            log.info("using the verified archive %s", dest)
+            return dest
+        except ChecksumError as exc:
+            log.warning("%s; downloading it again", exc)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    scheme = urllib.parse.urlparse(url).scheme
+    if scheme not in ("http", "https", "file"):
+        raise ValueError(f"dataset.url {url!r}: only http(s):// and file:// URLs are supported")
+    for attempt in range(retries + 1):
+        try:
+            _fetch(url, part, size_bytes, progress, timeout)
+            break
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 and exc.code != 429:
+                raise ConnectionError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
+            if isinstance(exc, FileNotFoundError) or attempt == retries:
+                raise ConnectionError(
+                    f"download of {url} failed ({exc}); {part} keeps the "
+                    f"{part.stat().st_size if part.exists() else 0} bytes received, run again to resume"
+                ) from exc
+            log.warning("download of %s interrupted (%s); resuming (attempt %d of %d)",
+                        url, exc, attempt + 2, retries + 1)
+            time.sleep(min(2 ** attempt, 10) * 0.1)
+    _verify(part, md5, size_bytes, dest)
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch(url: str, part: Path, size_bytes: int | None, progress: bool, timeout: float) -> None:
+    """Append the missing bytes of ``url`` to ``part`` (Range request when it is non-empty)."""
+    have = part.stat().st_size if part.exists() else 0
+    if size_bytes is not None and have > size_bytes:
+        log.warning("%s is larger than the expected %d bytes; starting again", part, size_bytes)
+        part.unlink()
+        have = 0
+    if size_bytes is not None and have == size_bytes:
+        return
+    if urllib.parse.urlparse(url).scheme == "file":
+        source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        total = source.stat().st_size  # FileNotFoundError names the path
+        with open(source, "rb") as response:
+            response.seek(min(have, total))
+            _copy(response, part, "ab" if have else "wb", have, size_bytes or total, progress)
+        return
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:  # range not satisfiable: the part is already complete
+            return
+        raise
+    with response:
+        if have and response.status != 206:  # the server ignored the Range header
+            log.warning("%s does not support resuming; starting again", url)
+            have = 0
+        length = response.headers.get("Content-Length")
+        expected = have + int(length) if length is not None else None
+        _copy(response, part, "ab" if have else "wb", have, size_bytes or expected, progress)
+    if expected is not None and part.stat().st_size < expected:
+        raise ConnectionError(f"connection closed after {part.stat().st_size} of {expected} bytes")
+
+
+def _copy(response: BinaryIO, part: Path, mode: str, have: int, total: int | None,
+          progress: bool) -> None:
+    with open(part, mode) as handle, tqdm(total=total, initial=have, unit="B", unit_scale=True,
+                                         desc=part.name, disable=not progress) as bar:
+        try:
+            while block := response.read(CHUNK):
+                handle.write(block)
+                bar.update(len(block))
+        finally:  # whatever arrived is kept for the next attempt
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+# --- extraction --------------------------------------------------------------------------
+
+
+def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Extract ``archive`` safely and move the folder holding ``images.txt`` to ``dest``.
+
+    tarfile's ``data`` filter refuses absolute paths, ``..`` components and links that leave
+    the target; the archive goes to a temporary sibling folder that is renamed only when the
+    whole archive has been read, so a truncated archive leaves nothing behind.
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists; remove it to extract {archive} again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.extract-"))
+    try:
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+            raise DatasetError(f"cannot extract {archive} (truncated or not a tar archive?): {exc}") from exc
+        found = sorted(p.parent for p in tmp.rglob("images.txt"))
+        if len(found) != 1:
+            raise DatasetError(
+                f"{archive} should hold exactly one folder with images.txt, found {len(found)}")
+        os.replace(found[0], dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+# --- parsing -----------------------------------------------------------------------------
+
+
+def _read_table(path: Path, names: list[str], required: bool = True) -> pd.DataFrame:
+    """Whitespace-separated list file with exactly ``len(names)`` fields on each line."""
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing")
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            # the last field (a path or class name) may contain spaces: split at most n-1 times
+            fields = line.strip().split(maxsplit=len(names) - 1)
+            if len(fields) != len(names):
+                raise DatasetError(f"{path}, line {number}: expected {len(names)} fields "
+                                   f"({', '.join(names)}), got {line.rstrip()!r}")
+            rows.append(fields)
+    table = pd.DataFrame(rows, columns=names)
+    for name in names:
+        if name in ("image_id", "class_id"):
+            try:
+                table[name] = table[name].astype(np.int64)
+            except ValueError as exc:
+                raise DatasetError(f"{path}: column {name} is not an integer: {exc}") from exc
+        elif name in ("x", "y", "w", "h"):
+            try:
+                table[name] = table[name].astype(np.float64)
+            except ValueError as exc:
+                raise DatasetError(f"{path}: column {name} is not a number: {exc}") from exc
+    for key in ("image_id",) if "image_id" in names else ("class_id",):
+        duplicated = table[key][table[key].duplicated()]
+        if len(duplicated):
+            raise DatasetError(f"{path}: {key} {int(duplicated.iloc[0])} appears more than once")
+    return table
+
+
+def read_cub(root: str | os.PathLike[str], crop_to_bbox: bool = False) -> pd.DataFrame:
+    """One row per image: ``image_id, path (absolute), class_id (0-based), class_name, x, y, w, h``.
+
+    Reads ``images.txt``, ``classes.txt``, ``image_class_labels.txt`` and, only when
+    ``crop_to_bbox``, ``bounding_boxes.txt`` (bbox columns are NaN otherwise). Every listed
+    image must exist; every image needs a label (and a box when cropping).
+    """
+    root = Path(root).resolve()
+    images = _read_table(root / "images.txt", ["image_id", "path"])
+    classes = _read_table(root / "classes.txt", ["class_id", "class_name"])
+    labels = _read_table(root / "image_class_labels.txt", ["image_id", "class_id"])
+    if images.empty:
+        raise DatasetError(f"{root / 'images.txt'} lists no images")
+    classes = classes.sort_values("class_id").reset_index(drop=True)
+    unknown = sorted(set(labels["class_id"]) - set(classes["class_id"]))
+    if unknown:
+        raise DatasetError(f"{root / 'image_class_labels.txt'}: class ids {unknown[:5]} are not in classes.txt")
+    table = images.merge(labels, on="image_id", how="left", validate="one_to_one")
+    unlabelled = table.loc[table["class_id"].isna(), "image_id"]
+    if len(unlabelled):
+        raise DatasetError(f"{root / 'image_class_labels.txt'} has no label for image_id "
+                           f"{int(unlabelled.iloc[0])} ({len(unlabelled)} images unlabelled)")
+    position = {cid: i for i, cid in enumerate(classes["class_id"])}
+    table["class_name"] = table["class_id"].map(dict(zip(classes["class_id"], classes["class_name"], strict=True)))
+    table["class_id"] = table["class_id"].map(position).astype(np.int64)
+    table["path"] = [str(root / "images" / p) for p in table["path"]]
+    missing = [p for p in table["path"] if not os.path.isfile(p)]
+    if missing:
+        raise DatasetError(f"{root / 'images.txt'} lists {len(missing)} missing image file(s), "
+                           f"first: {missing[0]}")
+    if crop_to_bbox:
+        boxes = _read_table(root / "bounding_boxes.txt", ["image_id", "x", "y", "w", "h"])
+        table = table.merge(boxes, on="image_id", how="left", validate="one_to_one")
+        boxless = table.loc[table["w"].isna(), "image_id"]
+        if len(boxless):
+            raise DatasetError(f"{root / 'bounding_boxes.txt'} has no box for image_id {int(boxless.iloc[0])}")
+        bad = table.loc[(table["w"] <= 0) | (table["h"] <= 0), "image_id"]
+        if len(bad):
+            raise DatasetError(f"{root / 'bounding_boxes.txt'}: empty box for image_id {int(bad.iloc[0])}")
+    else:
+        for column in ("x", "y", "w", "h"):
+            table[column] = np.nan
+    empty = sorted(set(range(len(classes))) - set(table["class_id"]))
+    if empty:
+        raise DatasetError(f"{root / 'classes.txt'}: class {classes['class_name'][empty[0]]!r} has no images")
+    return table[COLUMNS].sort_values("image_id").reset_index(drop=True)
+
+
+def is_dataset_root(path: str | os.PathLike[str]) -> bool:
+    """True for a folder in CUB's layout (already extracted or synthesised)."""
+    return (Path(path) / "images.txt").is_file()
+
+
+def archive_name(url: str) -> str:
+    """File name of the archive at ``url`` (``CUB_200_2011.tgz``)."""
+    name = Path(urllib.parse.urlparse(url).path).name
+    if not name:
+        raise ValueError(f"dataset.url {url!r} does not end in a file name")
+    return name

@@ -1,0 +1,156 @@
+"""Base / validation / novel class splits: a seeded random rule and the two fixed CUB rules.
+
+- ``random``: a seeded permutation cut into ``counts`` (integers summing to the number of
+  classes, or fractions summing to 1); 100 / 50 / 50 for CUB as in the patent.
+- ``closer-look`` (Chen et al. 2019): class names sorted, indexed from 0; base i % 2 == 0,
+  val i % 4 == 1, novel i % 4 == 3.
+- ``frn`` (Wertheimer et al. 2021): CUB's 1-based class ids (the order of ``classes.txt``);
+  base id % 2 == 0, val id % 4 == 1, novel id % 4 == 3.
+The fixed rules exist only for CUB's 200 classes; anything else is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from subspace_fsl.config import atomic_write_text
+
+RULES = ("random", "closer-look", "frn")
+SETS = ("base", "val", "novel")
+CUB_CLASSES = 200
+
+
+class SplitError(ValueError):
+    """A split that overlaps, misses classes or does not fit the data set; names the classes."""
+
+
+def split_counts(n_classes: int, counts: Sequence[float]) -> list[int]:
+    """Integers summing to ``n_classes`` (kept) or fractions summing to 1 (rounded)."""
+    if len(counts) != 3 or any(c <= 0 for c in counts):
+        raise SplitError(f"split.counts {list(counts)} must be three positive numbers")
+    if all(float(c).is_integer() for c in counts) and sum(counts) == n_classes:
+        return [int(c) for c in counts]
+    if all(c < 1 for c in counts) and math.isclose(sum(counts), 1.0, abs_tol=1e-6):
+        base, val = round(counts[0] * n_classes), round(counts[1] * n_classes)
+        result = [base, val, n_classes - base - val]
+        if min(result) < 1:
+            raise SplitError(f"split.counts {list(counts)} leaves a set empty with {n_classes} classes")
+        return result
+    raise SplitError(f"split.counts {list(counts)} must be integers summing to the data set's "
+                     f"{n_classes} classes or fractions summing to 1 (e.g. [0.5, 0.25, 0.25])")
+
+
+def make_split(class_names: Sequence[str], rule: str = "random",
+               counts: Sequence[float] = (100, 50, 50), seed: int = 0) -> dict[str, Any]:
+    """``{"rule", "seed", "counts", "base", "val", "novel"}`` (class names).
+
+    ``class_names`` must be in class_id order (CUB's ``classes.txt`` order); each set keeps
+    that order. ``seed`` is recorded as null for the fixed rules, which do not use it.
+    """
+    names = [str(n) for n in class_names]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise SplitError(f"class names appear more than once: {duplicated[:5]}")
+    if rule == "random":
+        sizes = split_counts(len(names), counts)
+        permutation = np.random.default_rng(seed).permutation(len(names))
+        # sorted positions: each set keeps the data set's class order
+        groups = [np.sort(p) for p in np.split(permutation, np.cumsum(sizes)[:-1])]
+        sets = {s: [names[i] for i in g] for s, g in zip(SETS, groups, strict=True)}
+        return _split(rule, seed, sets)
+    if rule in ("closer-look", "frn"):
+        if len(names) != CUB_CLASSES:
+            raise SplitError(f"split rule {rule!r} is defined for CUB's {CUB_CLASSES} classes, "
+                             f"this data set has {len(names)}; use rule random")
+        if rule == "closer-look":
+            keyed = list(enumerate(sorted(names)))  # 0-based index of the sorted names
+        else:
+            keyed = [(_cub_id(n, i), n) for i, n in enumerate(names)]
+        # the same residues for both rules: base k % 2 == 0, val k % 4 == 1, novel k % 4 == 3
+        sets = {"base": [n for k, n in keyed if k % 2 == 0],
+                "val": [n for k, n in keyed if k % 4 == 1],
+                "novel": [n for k, n in keyed if k % 4 == 3]}
+        if rule == "closer-look":
+            position = {n: i for i, n in enumerate(names)}
+            sets = {s: sorted(v, key=position.__getitem__) for s, v in sets.items()}
+        return _split(rule, None, sets)
+    raise SplitError(f"unknown split rule {rule!r}; choose one of: {', '.join(RULES)}")
+
+
+def _cub_id(name: str, position: int) -> int:
+    """1-based CUB class id: ``position + 1``, checked against a ``NNN.`` name prefix."""
+    match = re.match(r"^(\d+)\.", name)
+    if match and int(match.group(1)) != position + 1:
+        raise SplitError(f"class {name!r} is number {position + 1} in the class list but its "
+                         f"name says {int(match.group(1))}; frn needs classes in CUB id order")
+    return position + 1
+
+
+def _split(rule: str, seed: int | None, sets: dict[str, list[str]]) -> dict[str, Any]:
+    return {"rule": rule, "seed": seed, "counts": [len(sets[s]) for s in SETS], **sets}
+
+
+def check_split(split: dict[str, Any], class_names: Sequence[str] | None = None,
+                source: str = "split") -> dict[str, Any]:
+    """Raise ``SplitError`` for missing keys, overlapping sets, duplicates, counts that do not
+    match, or (given ``class_names``) classes unknown to or missing from the data set."""
+    missing_keys = [k for k in ("rule", "seed", "counts", *SETS) if k not in split]
+    if missing_keys:
+        raise SplitError(f"{source}: missing keys {missing_keys}")
+    if split["rule"] not in RULES:
+        raise SplitError(f"{source}: unknown rule {split['rule']!r}")
+    for s in SETS:
+        members = split[s]
+        if not isinstance(members, list) or not all(isinstance(n, str) for n in members) or not members:
+            raise SplitError(f"{source}: {s!r} must be a non-empty list of class names")
+        repeated = sorted({n for n in members if members.count(n) > 1})
+        if repeated:
+            raise SplitError(f"{source}: classes listed twice in {s!r}: {repeated[:5]}")
+    for i, a in enumerate(SETS):
+        for b in SETS[i + 1:]:
+            shared = sorted(set(split[a]) & set(split[b]))
+            if shared:
+                raise SplitError(f"{source}: classes in both {a!r} and {b!r}: {shared[:5]}"
+                                 f"{' ...' if len(shared) > 5 else ''} ({len(shared)} in all)")
+    if list(split["counts"]) != [len(split[s]) for s in SETS]:
+        raise SplitError(f"{source}: counts {split['counts']} do not match the lists' lengths "
+                         f"{[len(split[s]) for s in SETS]}")
+    if class_names is not None:
+        known = set(class_names)
+        listed = set().union(*(split[s] for s in SETS))
+        unknown = sorted(listed - known)
+        if unknown:
+            raise SplitError(f"{source}: classes not in the data set: {unknown[:5]} ({len(unknown)} in all)")
+        missing = sorted(known - listed)
+        if missing:
+            raise SplitError(f"{source}: data set classes in no set: {missing[:5]} ({len(missing)} in all)")
+    return split
+
+
+def save_split(split: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Validate and write the split as JSON (atomically)."""
+    check_split(split, source=str(path))
+    atomic_write_text(path, json.dumps(split, indent=1) + "\n")
+    return Path(path)
+
+
+def load_split(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Read and validate a split file (against the data set's classes when given)."""
+    path = Path(path)
+    try:
+        split = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SplitError(f"split file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise SplitError(f"split file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(split, dict):
+        raise SplitError(f"split file {path} must hold a JSON object")
+    return check_split(split, class_names, source=str(path))
