@@ -96,18 +96,16 @@ def open_data(
 
 
 def check_episode_fits(
-    data: EngineData, split_name: str, way: int, shot: int, query: int, section: str
+    data: EngineData, split_name: str, way: int, shot: int, query: int, query_key: str
 ) -> None:
-    """Way within the split's classes, shot + query within its smallest class; else name the key."""
+    """Way within the split's classes, shot + query within its smallest class; else name the
+    keys (way and shot are always the ``train`` ones; ``query_key`` says whose query it is)."""
     classes = data.split_classes(split_name)
     if way > len(classes):
-        raise ValueError(
-            f"{section}.way={way} but the {split_name} split has {len(classes)} classes"
-        )
+        raise ValueError(f"train.way={way} but the {split_name} split has {len(classes)} classes")
     counts = np.bincount(data.labels, minlength=max(classes) + 1)[classes]
     smallest = int(counts.min())
     if shot + query > smallest:
-        query_key = "train.query" if section == "train" else "eval.query"
         raise ValueError(
             f"train.shot={shot} + {query_key}={query} = {shot + query} but the smallest "
             f"{split_name} class has {smallest} images"

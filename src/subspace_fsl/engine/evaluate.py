@@ -99,7 +99,7 @@ def evaluation_plan(
     shot = cfg["train"]["shot"] if shot is None else shot
     query = cfg["eval"]["query"]
     classes = data.split_classes(split_name)
-    check_episode_fits(data, split_name, way, shot, query, "eval")
+    check_episode_fits(data, split_name, way, shot, query, "eval.query")
     return episode_plan(
         data.labels,
         classes,

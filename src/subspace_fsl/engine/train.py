@@ -153,8 +153,8 @@ def episode_tensors(
 def check_training_config(cfg: Mapping[str, Any], data: EngineData, model: FewShotModel) -> None:
     """Every episode shape the run will use fits its split and its head; else name the key."""
     train = cfg["train"]
-    check_episode_fits(data, "base", train["way"], train["shot"], train["query"], "train")
-    check_episode_fits(data, "val", train["way"], train["shot"], cfg["eval"]["query"], "eval")
+    check_episode_fits(data, "base", train["way"], train["shot"], train["query"], "train.query")
+    check_episode_fits(data, "val", train["way"], train["shot"], cfg["eval"]["query"], "eval.query")
     check_head_episode(model, train["way"], train["shot"], "train")
 
 

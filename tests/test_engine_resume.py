@@ -1,0 +1,124 @@
+"""Kill -9 and resume: a run started again with the same command ends exactly like a run that
+was never interrupted (history, final metrics, weights), in the same MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from subspace_fsl.config import load_config
+from subspace_fsl.data.cache import prepare
+from subspace_fsl.engine.checkpoint import load_checkpoint
+from subspace_fsl.tracking import recorded_run_id, tracking_uri
+
+MAX_EPISODES = 60
+
+
+def settings(root: Path) -> dict:
+    return {
+        "results_dir": str(root / "results"),
+        "data_dir": str(root / "data"),
+        "dataset": {"name": "tiny", "image_size": 32,
+                    "synthetic": {"classes": 8, "images_per_class": 12, "size": 32}},
+        "split": {"counts": [4, 2, 2]},
+        "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
+                  "subspace_dim": 8},
+        # augmentation on: the torch RNG must be restored too for the runs to agree
+        "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": MAX_EPISODES, "val_every": 10,
+                  "val_episodes": 4, "log_every": 5, "checkpoint_every": 5, "patience": 100,
+                  "lr_schedule": "cosine", "augment": True},
+        "eval": {"query": 3, "batch_size": 32},
+        "runtime": {"threads": 1, "progress": "log", "device": "cpu"},
+    }
+
+
+def start(config: Path, out: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "subspace_fsl.cli", "train", "--config", str(config),
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    output = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 0, output
+    return output
+
+
+def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(settings(tmp_path)))
+    cfg = load_config(config)
+    prepare(cfg, progress=False)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+
+    reference = start(config, straight)  # runs alongside (one thread each)
+    victim = start(config, killed)
+    deadline = time.monotonic() + 120
+    while not (killed / "checkpoint.pt").exists():
+        assert victim.poll() is None, victim.communicate()[0]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.communicate(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (killed / "done").exists() and not (killed / "train_summary.json").exists()
+    interrupted_at = load_checkpoint(killed / "checkpoint.pt")["episode"]
+    assert 0 < interrupted_at < MAX_EPISODES
+    run_id = recorded_run_id(killed)
+
+    output = finish(start(config, killed))
+    assert f"resuming {killed} from episode {interrupted_at}" in output
+    finish(reference)
+
+    for name in ("history.csv", "train_summary.json"):
+        assert (killed / name).read_text() == (straight / name).read_text(), name
+    for name in ("best.pt", "checkpoint.pt"):
+        a, b = load_checkpoint(straight / name), load_checkpoint(killed / name)
+        assert a.keys() == b.keys()
+        for key, tensor in a["model"].items():
+            assert torch.equal(tensor, b["model"][key]), (name, key)
+    assert json.loads((killed / "train_summary.json").read_text())["episodes"] == MAX_EPISODES
+
+    # the resumed run logged into the MLflow run it started, and finished it
+    assert recorded_run_id(killed) == run_id
+    client = MlflowClient(tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert sorted(r.info.run_id for r in runs) == sorted([run_id, recorded_run_id(straight)])
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    val_steps = lambda rid: sorted({m.step for m in client.get_metric_history(rid, "val_acc")})  # noqa: E731
+    assert val_steps(run_id) == val_steps(recorded_run_id(straight)) == list(range(10, 61, 10))
+
+
+def test_a_checkpoint_with_code_in_a_run_directory_stops_training(tmp_path: Path):
+    """A planted checkpoint.pt that would run code is refused before anything runs."""
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+
+    class Evil:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"format": "subspace-fsl/1", "model": Evil()}, run / "checkpoint.pt")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(settings(tmp_path)))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    result = subprocess.run(
+        [sys.executable, "-m", "subspace_fsl.cli", "train", "--config", str(config), "--out",
+         str(run), "--set", "tracking.enabled=false"],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 2
+    assert "was refused" in result.stderr
+    assert not marker.exists()
