@@ -1,0 +1,61 @@
+# Tables (CSV, Markdown, LaTeX) and plots (PNG, PDF); `snakemake --report` gathers them.
+
+
+rule tables:
+    input:
+        eval_files("val"),
+        eval_files("novel"),
+        selection=paths.selection_path(config),
+        split=paths.split_path(config),
+    output:
+        [
+            report(
+                path,
+                caption=f"../report/{path.stem}.rst",
+                category="Tables",
+                subcategory=path.suffix[1:],
+                labels={"table": path.stem, "format": path.suffix[1:]},
+            )
+            for path in table_files()
+        ],
+    params:
+        settings=CONFIG_ARGS,
+    log:
+        LOGS / "tables.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "subspace-fsl tables {params.settings} > {log} 2>&1"
+
+
+rule plots:
+    input:
+        eval_files("val"),
+        eval_files("novel"),
+        history_files(),
+        selection=paths.selection_path(config),
+        split=paths.split_path(config),
+    output:
+        [
+            report(
+                path,
+                caption=f"../report/{path.stem}.rst",
+                category="Plots",
+                labels={"plot": path.stem, "format": path.suffix[1:]},
+            )
+            if path.suffix == ".png"
+            else path
+            for path in plot_files()
+        ],
+    params:
+        settings=CONFIG_ARGS,
+    log:
+        LOGS / "plots.log",
+    resources:
+        mem_mb=2000,
+    conda:
+        "../../envs/pipeline.yaml"
+    shell:
+        "subspace-fsl plots {params.settings} > {log} 2>&1"
