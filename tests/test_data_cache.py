@@ -71,9 +71,18 @@ def test_unreadable_and_truncated_images_are_named(tmp_path: Path) -> None:
 
 
 def _config(tmp_path: Path, *overrides: str) -> dict:
-    return load_config(None, [f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path / 'data'}",
-                              "dataset.synthetic.classes=6", "dataset.synthetic.images_per_class=4",
-                              "dataset.synthetic.size=32", "dataset.image_size=32", *overrides])
+    return load_config(
+        None,
+        [
+            f"results_dir={tmp_path / 'results'}",
+            f"data_dir={tmp_path / 'data'}",
+            "dataset.synthetic.classes=6",
+            "dataset.synthetic.images_per_class=4",
+            "dataset.synthetic.size=32",
+            "dataset.image_size=32",
+            *overrides,
+        ],
+    )
 
 
 def test_build_and_open_cache(tmp_path: Path) -> None:
@@ -84,7 +93,10 @@ def test_build_and_open_cache(tmp_path: Path) -> None:
     assert list(cache.index.columns) == ["image_id", "path", "class_id", "class_name"]
     assert not Path(cache.index["path"][0]).is_absolute()  # relative to the data root
     assert cache.labels.tolist() == [c for c in range(6) for _ in range(4)]
-    assert len(cache.class_names) == 6 and cache.class_ids(cache.class_names[2:4]).tolist() == [2, 3]
+    assert len(cache.class_names) == 6 and cache.class_ids(cache.class_names[2:4]).tolist() == [
+        2,
+        3,
+    ]
     records = read_cub(tmp_path / "data" / "synthetic")
     np.testing.assert_array_equal(cache.images[5], load_image(records["path"][5], 32))
     assert not [p for p in cache.directory.parent.iterdir() if p.name.startswith(".")]
@@ -92,7 +104,8 @@ def test_build_and_open_cache(tmp_path: Path) -> None:
 
 
 def test_prepare_reuses_a_fresh_cache_and_rebuilds_a_stale_one(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     cfg = _config(tmp_path)
     cache_dir = prepare(cfg, workers=1, progress=False)
@@ -122,7 +135,7 @@ def test_open_rejects_incomplete_or_inconsistent_caches(tmp_path: Path) -> None:
     cache_dir = prepare(cfg, workers=1, progress=False)
     meta = json.loads((cache_dir / "meta.json").read_text())
     (cache_dir / "meta.json").write_text(json.dumps({**meta, "shape": [25, 3, 32, 32]}))
-    with pytest.raises(CacheError, match="meta.json says"):
+    with pytest.raises(CacheError, match=r"meta\.json says"):
         ImageCache.open(cache_dir)
     (cache_dir / "meta.json").write_text(json.dumps({**meta, "format_version": 0}))
     with pytest.raises(CacheError, match="format_version"):
@@ -136,12 +149,15 @@ def test_open_rejects_incomplete_or_inconsistent_caches(tmp_path: Path) -> None:
 
 def test_a_bad_image_stops_the_build_and_leaves_no_cache(tmp_path: Path) -> None:
     root = tmp_path / "data" / "synthetic"
-    prepare(_config(tmp_path), raw_root=root, cache_dir=tmp_path / "first", workers=1, progress=False)
+    prepare(
+        _config(tmp_path), raw_root=root, cache_dir=tmp_path / "first", workers=1, progress=False
+    )
     records = read_cub(root)
     Path(records["path"][3]).write_bytes(b"\xff\xd8\xff broken")
     with pytest.raises(ImageDecodeError, match=Path(records["path"][3]).name):
-        build_cache(records, tmp_path / "c", 32, source_stamp=source_stamp(records, root),
-                    progress=False)
+        build_cache(
+            records, tmp_path / "c", 32, source_stamp=source_stamp(records, root), progress=False
+        )
     assert not (tmp_path / "c").exists() and not list(tmp_path.glob(".c.*"))
 
 
@@ -153,11 +169,35 @@ def test_multiprocess_decoding_matches(tmp_path: Path) -> None:
 
 
 def test_cli_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["prepare", "--set", f"results_dir={tmp_path / 'r'}", "--set", f"data_dir={tmp_path / 'd'}",
-            "--set", "dataset.synthetic.classes=4", "--set", "dataset.synthetic.images_per_class=2",
-            "--set", "dataset.synthetic.size=32", "--set", "dataset.image_size=32", "--workers", "1"]
+    args = [
+        "prepare",
+        "--set",
+        f"results_dir={tmp_path / 'r'}",
+        "--set",
+        f"data_dir={tmp_path / 'd'}",
+        "--set",
+        "dataset.synthetic.classes=4",
+        "--set",
+        "dataset.synthetic.images_per_class=2",
+        "--set",
+        "dataset.synthetic.size=32",
+        "--set",
+        "dataset.image_size=32",
+        "--workers",
+        "1",
+    ]
     assert cli_main(args) == 0
     assert "8 images, 4 classes, 32x32 px" in capsys.readouterr().out
-    assert cli_main([*args[:-2], "--set", "dataset.source=folder", "--set",
-                     f"dataset.root={tmp_path / 'none'}"]) == 2
+    assert (
+        cli_main(
+            [
+                *args[:-2],
+                "--set",
+                "dataset.source=folder",
+                "--set",
+                f"dataset.root={tmp_path / 'none'}",
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in capsys.readouterr().err

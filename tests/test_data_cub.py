@@ -8,6 +8,7 @@ import io
 import tarfile
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -98,7 +99,7 @@ class RangeServer(http.server.BaseHTTPRequestHandler):
 
     payload = b""
     cut = 0
-    requests: list[str | None] = []
+    requests: ClassVar[list[str | None]] = []
 
     def do_GET(self) -> None:
         cls = type(self)
@@ -110,7 +111,9 @@ class RangeServer(http.server.BaseHTTPRequestHandler):
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
         if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(cls.payload) - 1}/{len(cls.payload)}")
+            self.send_header(
+                "Content-Range", f"bytes {start}-{len(cls.payload) - 1}/{len(cls.payload)}"
+            )
         self.end_headers()
         if cls.cut > 0:
             cls.cut -= 1
@@ -193,7 +196,7 @@ def test_missing_image_file_is_named(tmp_path: Path) -> None:
     root = make_cub(tmp_path / "cub")
     missing = root / "images" / "002.Bird_2" / "Bird_2_0001.jpg"
     missing.unlink()
-    with pytest.raises(DatasetError, match="Bird_2_0001.jpg"):
+    with pytest.raises(DatasetError, match=r"Bird_2_0001\.jpg"):
         read_cub(root)
 
 
@@ -201,13 +204,13 @@ def test_list_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
     root = make_cub(tmp_path / "cub")
     (root / "bounding_boxes.txt").unlink()
     read_cub(root)  # boxes are needed only when cropping
-    with pytest.raises(DatasetError, match="bounding_boxes.txt is missing"):
+    with pytest.raises(DatasetError, match=r"bounding_boxes\.txt is missing"):
         read_cub(root, crop_to_bbox=True)
     (root / "image_class_labels.txt").write_text("1 1\n2 1\n3 2\n4 2\n5 3\n")
     with pytest.raises(DatasetError, match="no label for image_id 6"):
         read_cub(root)
     (root / "image_class_labels.txt").write_text("1 1\n2 one\n")
-    with pytest.raises(DatasetError, match="image_class_labels.txt: column class_id"):
+    with pytest.raises(DatasetError, match=r"image_class_labels\.txt: column class_id"):
         read_cub(root)
     (root / "images.txt").write_text("1\n")
     with pytest.raises(DatasetError, match=r"images.txt, line 1: expected 2 fields"):

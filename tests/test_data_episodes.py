@@ -30,7 +30,9 @@ def test_episode_structure() -> None:
     assert episode.query_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert len(set(episode.classes.tolist())) == 3 and set(episode.classes) <= {1, 2, 3, 5, 7}
     # images belong to their episode class; support and query are disjoint
-    np.testing.assert_array_equal(LABELS[episode.support_idx], episode.classes[episode.support_labels])
+    np.testing.assert_array_equal(
+        LABELS[episode.support_idx], episode.classes[episode.support_labels]
+    )
     np.testing.assert_array_equal(LABELS[episode.query_idx], episode.classes[episode.query_labels])
     assert not set(episode.support_idx) & set(episode.query_idx)
 

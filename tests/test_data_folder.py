@@ -40,7 +40,7 @@ def test_read_folder_columns_and_order(tmp_path: Path) -> None:
 def test_folder_errors_name_the_culprit(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "mine")
     (root / "empty").mkdir()
-    with pytest.raises(DatasetError, match="class folder .*empty holds no images"):
+    with pytest.raises(DatasetError, match=r"class folder .*empty holds no images"):
         read_folder(root)
     (root / "empty").rmdir()
     (root / "finch" / "notes.txt").write_text("hi")
@@ -56,11 +56,24 @@ def test_folder_errors_name_the_culprit(tmp_path: Path) -> None:
 
 def test_prepare_from_a_folder(tmp_path: Path) -> None:
     root = make_folder(tmp_path / "mine")
-    cfg = load_config(None, ["dataset.source=folder", "dataset.name=mine", f"dataset.root={root}",
-                             f"results_dir={tmp_path / 'results'}", "dataset.image_size=16"])
+    cfg = load_config(
+        None,
+        [
+            "dataset.source=folder",
+            "dataset.name=mine",
+            f"dataset.root={root}",
+            f"results_dir={tmp_path / 'results'}",
+            "dataset.image_size=16",
+        ],
+    )
     cache = ImageCache.open(prepare(cfg, workers=1, progress=False))
     assert cache.images.shape == (4, 3, 16, 16)
-    assert cache.index["path"].tolist() == ["finch/x.PNG", "finch/y.jpg", "sparrow/a.jpeg", "sparrow/b.JPG"]
+    assert cache.index["path"].tolist() == [
+        "finch/x.PNG",
+        "finch/y.jpg",
+        "sparrow/a.jpeg",
+        "sparrow/b.JPG",
+    ]
     # palette and grayscale images were converted to RGB: green stays green, grey is grey
     assert cache.images[0, 1].mean() > 190 and cache.images[0, 0].mean() < 10
     grey = cache.images[1].astype(np.int16)

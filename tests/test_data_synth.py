@@ -17,13 +17,20 @@ from subspace_fsl.data.synth import PARTS, choose_combinations, generate, is_gen
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return generate(tmp_path_factory.mktemp("s") / "synthetic", 12, 3, 32, seed=5, workers=2,
-                    progress=False)
+    return generate(
+        tmp_path_factory.mktemp("s") / "synthetic", 12, 3, 32, seed=5, workers=2, progress=False
+    )
 
 
 def test_layout_is_cub_and_boxes_are_real(synthetic: Path) -> None:
-    for name in ("images.txt", "classes.txt", "image_class_labels.txt", "bounding_boxes.txt",
-                 "parts.json", "synth.json"):
+    for name in (
+        "images.txt",
+        "classes.txt",
+        "image_class_labels.txt",
+        "bounding_boxes.txt",
+        "parts.json",
+        "synth.json",
+    ):
         assert (synthetic / name).is_file(), name
     table = read_cub(synthetic, crop_to_bbox=True)
     assert len(table) == 36 and table["class_id"].nunique() == 12
@@ -45,7 +52,9 @@ def test_deterministic_for_a_seed(synthetic: Path, tmp_path: Path) -> None:
     second = sorted((again / "images").rglob("*.jpg"))
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
     other = generate(tmp_path / "other", 12, 3, 32, seed=6, workers=1, progress=False)
-    assert (other / "bounding_boxes.txt").read_bytes() != (synthetic / "bounding_boxes.txt").read_bytes()
+    assert (other / "bounding_boxes.txt").read_bytes() != (
+        synthetic / "bounding_boxes.txt"
+    ).read_bytes()
 
 
 def test_images_of_one_class_differ(synthetic: Path) -> None:
@@ -84,8 +93,24 @@ def test_refuses_too_many_classes_and_an_existing_folder(synthetic: Path, tmp_pa
 
 def test_cli_synth(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    assert cli_main(["synth", "--out", str(out), "--classes", "4", "--images-per-class", "2",
-                     "--size", "32", "--seed", "1"]) == 0
+    assert (
+        cli_main(
+            [
+                "synth",
+                "--out",
+                str(out),
+                "--classes",
+                "4",
+                "--images-per-class",
+                "2",
+                "--size",
+                "32",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert len(read_cub(out)) == 8
     assert str(out) in capsys.readouterr().out
     assert cli_main(["synth", "--out", str(out), "--classes", "4"]) == 2

@@ -30,21 +30,31 @@ CUB_IMAGES = 11_788
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m subspace_fsl.bench data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m subspace_fsl.bench data",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--root", help="a data set in CUB's layout (default: synthesise one)")
     parser.add_argument("--synth-classes", type=int, default=20)
     parser.add_argument("--synth-images", type=int, default=30, help="images per class")
-    parser.add_argument("--synth-size", type=int, default=400,
-                        help="side of the synthesised JPEGs (CUB's photos are about 500x375)")
+    parser.add_argument(
+        "--synth-size",
+        type=int,
+        default=400,
+        help="side of the synthesised JPEGs (CUB's photos are about 500x375)",
+    )
     parser.add_argument("--image-size", type=int, default=84)
     parser.add_argument("--episodes", type=int, default=30)
     parser.add_argument("--way", type=int, default=5)
     parser.add_argument("--shot", type=int, default=5)
     parser.add_argument("--query", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--difficulty", action="store_true",
-                        help="train/evaluate ProtoNet + Conv-4 on the synthetic data instead")
+    parser.add_argument(
+        "--difficulty",
+        action="store_true",
+        help="train/evaluate ProtoNet + Conv-4 on the synthetic data instead",
+    )
     parser.add_argument("--train-episodes", type=int, default=300)
     parser.add_argument("--eval-episodes", type=int, default=200)
     return parser
@@ -54,10 +64,18 @@ def _dataset(args: argparse.Namespace, workdir: Path, size: int) -> Path:
     if args.root:
         return Path(args.root)
     started = time.perf_counter()
-    root = generate(workdir / "synthetic", args.synth_classes, args.synth_images, size, args.seed,
-                    progress=False)
-    print(f"synthesised {args.synth_classes} classes x {args.synth_images} images at {size} px "
-          f"in {time.perf_counter() - started:.1f} s")
+    root = generate(
+        workdir / "synthetic",
+        args.synth_classes,
+        args.synth_images,
+        size,
+        args.seed,
+        progress=False,
+    )
+    print(
+        f"synthesised {args.synth_classes} classes x {args.synth_images} images at {size} px "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return root
 
 
@@ -65,12 +83,20 @@ def bench_episodes(args: argparse.Namespace, workdir: Path) -> None:
     root = _dataset(args, workdir, args.synth_size)
     records = read_cub(root)
     started = time.perf_counter()
-    cache_dir = build_cache(records, workdir / "cache", args.image_size, root=root,
-                            source_stamp=source_stamp(records, root), workers=2, progress=False)
+    cache_dir = build_cache(
+        records,
+        workdir / "cache",
+        args.image_size,
+        root=root,
+        source_stamp=source_stamp(records, root),
+        workers=2,
+        progress=False,
+    )
     print(f"built the cache of {len(records)} images in {time.perf_counter() - started:.1f} s")
     cache = ImageCache.open(cache_dir)
-    sampler = EpisodeSampler(cache.labels, np.unique(cache.labels), args.way, args.shot,
-                             args.query, args.seed)
+    sampler = EpisodeSampler(
+        cache.labels, np.unique(cache.labels), args.way, args.shot, args.query, args.seed
+    )
     episodes = [sampler.sample() for _ in range(args.episodes)]
     loader = EpisodeLoader(cache, "cpu")
     augmenting = EpisodeLoader(cache, "cpu", augment=True)
@@ -93,40 +119,52 @@ def bench_episodes(args: argparse.Namespace, workdir: Path) -> None:
     torch.set_num_threads(1)
     cached, augmented, decoded = timed(loader), timed(augmenting), timed(from_files)
     n = args.way * (args.shot + args.query)
-    print(f"episode {args.way}-way {args.shot}-shot {args.query}-query = {n} images at "
-          f"{args.image_size} px, mean of {len(episodes)} episodes, 1 CPU thread:")
+    print(
+        f"episode {args.way}-way {args.shot}-shot {args.query}-query = {n} images at "
+        f"{args.image_size} px, mean of {len(episodes)} episodes, 1 CPU thread:"
+    )
     print(f"  decode JPEGs each time : {decoded * 1e3:8.2f} ms")
     print(f"  from the cache         : {cached * 1e3:8.2f} ms")
     print(f"  from the cache + augment: {augmented * 1e3:7.2f} ms (per-image v2 transforms)")
     print(f"  cache speed-up: {decoded / cached:.1f}x")
     size = CUB_IMAGES * 3 * args.image_size * args.image_size
-    print(f"CUB cache at {args.image_size} px: {CUB_IMAGES} x 3 x {args.image_size} x "
-          f"{args.image_size} bytes = {size:,} bytes = {size / 1e6:.1f} MB ({size / 2**20:.1f} MiB)")
+    print(
+        f"CUB cache at {args.image_size} px: {CUB_IMAGES} x 3 x {args.image_size} x "
+        f"{args.image_size} bytes = {size:,} bytes = {size / 1e6:.1f} MB ({size / 2**20:.1f} MiB)"
+    )
 
 
 def conv4() -> nn.Module:
     """The usual Conv-4 (64 channels, BN, ReLU, 2x2 max-pool per block), flattened output."""
     layers: list[nn.Module] = []
     for channels_in in (3, 64, 64, 64):
-        layers += [nn.Conv2d(channels_in, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
-                   nn.MaxPool2d(2)]
+        layers += [
+            nn.Conv2d(channels_in, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
     return nn.Sequential(*layers, nn.Flatten())
 
 
-def protonet_logits(model: nn.Module, support: torch.Tensor, query: torch.Tensor, way: int,
-                    shot: int) -> torch.Tensor:
+def protonet_logits(
+    model: nn.Module, support: torch.Tensor, query: torch.Tensor, way: int, shot: int
+) -> torch.Tensor:
     features = model(torch.cat([support, query]))
     prototypes = features[: way * shot].view(way, shot, -1).mean(1)
-    return -torch.cdist(features[way * shot:], prototypes).pow(2)
+    return -torch.cdist(features[way * shot :], prototypes).pow(2)
 
 
 def bench_difficulty(args: argparse.Namespace, workdir: Path) -> None:
     root = _dataset(args, workdir, args.image_size)
     records = read_cub(root)
-    cache = ImageCache.open(build_cache(records, workdir / "cache", args.image_size, root=root,
-                                        workers=2, progress=False))
+    cache = ImageCache.open(
+        build_cache(
+            records, workdir / "cache", args.image_size, root=root, workers=2, progress=False
+        )
+    )
     classes = np.unique(cache.labels)
-    base, novel = classes[: len(classes) // 2], classes[len(classes) // 2:]
+    base, novel = classes[: len(classes) // 2], classes[len(classes) // 2 :]
     torch.manual_seed(args.seed)
     model = conv4()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -139,7 +177,8 @@ def bench_difficulty(args: argparse.Namespace, workdir: Path) -> None:
         support, query = loader(episode)
         loss = nn.functional.cross_entropy(
             protonet_logits(model, support, query, args.way, args.shot),
-            torch.from_numpy(episode.query_labels))
+            torch.from_numpy(episode.query_labels),
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -156,10 +195,12 @@ def bench_difficulty(args: argparse.Namespace, workdir: Path) -> None:
             accuracies.append((predicted.numpy() == episode.query_labels).mean())
     mean = 100 * float(np.mean(accuracies))
     half_width = 100 * 1.96 * float(np.std(accuracies)) / np.sqrt(len(accuracies))
-    print(f"ProtoNet Conv-4, {args.train_episodes} training episodes on {len(base)} base classes "
-          f"({time.perf_counter() - started:.0f} s): {args.way}-way {args.shot}-shot accuracy on "
-          f"{len(novel)} held-out classes = {mean:.1f} +- {half_width:.1f} % "
-          f"(chance {100 / args.way:.0f} %)")
+    print(
+        f"ProtoNet Conv-4, {args.train_episodes} training episodes on {len(base)} base classes "
+        f"({time.perf_counter() - started:.0f} s): {args.way}-way {args.shot}-shot accuracy on "
+        f"{len(novel)} held-out classes = {mean:.1f} +- {half_width:.1f} % "
+        f"(chance {100 / args.way:.0f} %)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,8 +59,13 @@ def source_stamp(records: pd.DataFrame, root: str | os.PathLike[str], extra: Any
 
 def cache_stamp(source: str, image_size: int, resize: int | None, crop_to_bbox: bool) -> str:
     """The stamp a cache must carry to be reused: source + preprocessing + format version."""
-    settings = {"format_version": FORMAT_VERSION, "source": source, "image_size": image_size,
-                "resize": resize or image_size, "crop_to_bbox": bool(crop_to_bbox)}
+    settings = {
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "image_size": image_size,
+        "resize": resize or image_size,
+        "crop_to_bbox": bool(crop_to_bbox),
+    }
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
@@ -69,10 +74,18 @@ def _decode(task: tuple[str, tuple[float, ...] | None, int, int]) -> np.ndarray:
     return load_image(path, image_size, resize, bbox)
 
 
-def build_cache(records: pd.DataFrame, out_dir: str | os.PathLike[str], image_size: int,
-                resize: int | None = None, crop_to_bbox: bool = False, source_stamp: str = "",
-                *, root: str | os.PathLike[str] | None = None, workers: int = 1,
-                progress: bool = True) -> Path:
+def build_cache(
+    records: pd.DataFrame,
+    out_dir: str | os.PathLike[str],
+    image_size: int,
+    resize: int | None = None,
+    crop_to_bbox: bool = False,
+    source_stamp: str = "",
+    *,
+    root: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    progress: bool = True,
+) -> Path:
     """Decode ``records`` (``read_cub``/``read_folder`` rows) into the cache folder ``out_dir``.
 
     ``root`` is the data root the index's paths are relative to (default: the common parent).
@@ -83,7 +96,11 @@ def build_cache(records: pd.DataFrame, out_dir: str | os.PathLike[str], image_si
         raise DatasetError("no images to cache")
     resize = resize or image_size
     paths = [str(p) for p in records["path"]]
-    root = Path(root) if root is not None else Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+    root = (
+        Path(root)
+        if root is not None
+        else Path(os.path.commonpath([os.path.dirname(p) for p in paths]))
+    )
     boxes: list[tuple[float, ...] | None] = [None] * len(paths)
     if crop_to_bbox:
         box_values = records[["x", "y", "w", "h"]].to_numpy(dtype=np.float64)
@@ -94,7 +111,9 @@ def build_cache(records: pd.DataFrame, out_dir: str | os.PathLike[str], image_si
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
     try:
         shape = (len(paths), 3, image_size, image_size)
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        images = np.lib.format.open_memmap(
+            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape
+        )
         tasks = [(p, b, image_size, resize) for p, b in zip(paths, boxes, strict=True)]
         bar = tqdm(total=len(tasks), desc=f"cache {out_dir.name}", unit="img", disable=not progress)
         for i, array in enumerate(_decoded(tasks, workers)):
@@ -103,17 +122,26 @@ def build_cache(records: pd.DataFrame, out_dir: str | os.PathLike[str], image_si
         bar.close()
         images.flush()
         del images
-        index = pd.DataFrame({
-            "image_id": records["image_id"].to_numpy(dtype=np.int64),
-            "path": [Path(os.path.relpath(p, root)).as_posix() for p in paths],
-            "class_id": records["class_id"].to_numpy(dtype=np.int64),
-            "class_name": records["class_name"].astype(str).to_numpy(),
-        })
+        index = pd.DataFrame(
+            {
+                "image_id": records["image_id"].to_numpy(dtype=np.int64),
+                "path": [Path(os.path.relpath(p, root)).as_posix() for p in paths],
+                "class_id": records["class_id"].to_numpy(dtype=np.int64),
+                "class_name": records["class_name"].astype(str).to_numpy(),
+            }
+        )
         index.to_csv(tmp / "index.csv", index=False)
-        meta = {"format_version": FORMAT_VERSION, "shape": list(shape), "dtype": "uint8",
-                "image_size": image_size, "resize": resize, "crop_to_bbox": bool(crop_to_bbox),
-                "source_stamp": source_stamp, "data_root": str(root),
-                "stamp": cache_stamp(source_stamp, image_size, resize, crop_to_bbox)}
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "shape": list(shape),
+            "dtype": "uint8",
+            "image_size": image_size,
+            "resize": resize,
+            "crop_to_bbox": bool(crop_to_bbox),
+            "source_stamp": source_stamp,
+            "data_root": str(root),
+            "stamp": cache_stamp(source_stamp, image_size, resize, crop_to_bbox),
+        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
@@ -126,7 +154,9 @@ def build_cache(records: pd.DataFrame, out_dir: str | os.PathLike[str], image_si
     return out_dir
 
 
-def _decoded(tasks: list[tuple[str, tuple[float, ...] | None, int, int]], workers: int) -> Iterator[np.ndarray]:
+def _decoded(
+    tasks: list[tuple[str, tuple[float, ...] | None, int, int]], workers: int
+) -> Iterator[np.ndarray]:
     if workers <= 1 or len(tasks) < 64:
         yield from map(_decode, tasks)
         return
@@ -178,22 +208,28 @@ class ImageCache:
         except json.JSONDecodeError as exc:
             raise CacheError(f"{meta_path} is not valid JSON: {exc}") from exc
         if meta.get("format_version") != FORMAT_VERSION:
-            raise CacheError(f"{meta_path}: format_version {meta.get('format_version')!r}, "
-                             f"this version reads {FORMAT_VERSION}; rebuild the cache")
+            raise CacheError(
+                f"{meta_path}: format_version {meta.get('format_version')!r}, "
+                f"this version reads {FORMAT_VERSION}; rebuild the cache"
+            )
         try:
             images = np.load(directory / "images.npy", mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise CacheError(f"cannot open {directory / 'images.npy'}: {exc}") from exc
         if list(images.shape) != meta["shape"] or images.dtype != np.uint8:
-            raise CacheError(f"{directory / 'images.npy'} has shape {images.shape} {images.dtype}, "
-                             f"meta.json says {meta['shape']} uint8")
+            raise CacheError(
+                f"{directory / 'images.npy'} has shape {images.shape} {images.dtype}, "
+                f"meta.json says {meta['shape']} uint8"
+            )
         try:
             index = pd.read_csv(directory / "index.csv", dtype={"path": str, "class_name": str})
         except (OSError, ValueError) as exc:
             raise CacheError(f"cannot read {directory / 'index.csv'}: {exc}") from exc
         if list(index.columns) != INDEX_COLUMNS or len(index) != images.shape[0]:
-            raise CacheError(f"{directory / 'index.csv'} has columns {list(index.columns)} and "
-                             f"{len(index)} rows; expected {INDEX_COLUMNS} and {images.shape[0]}")
+            raise CacheError(
+                f"{directory / 'index.csv'} has columns {list(index.columns)} and "
+                f"{len(index)} rows; expected {INDEX_COLUMNS} and {images.shape[0]}"
+            )
         labels = index["class_id"].to_numpy(dtype=np.int64)
         return cls(directory, images, index, labels, meta)
 
@@ -207,8 +243,9 @@ def _paths(cfg: Mapping[str, Any]) -> tuple[Path, Path]:
     return paths.raw_root(cfg), paths.cache_dir(cfg)
 
 
-def prepare_raw(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None = None,
-                progress: bool = True) -> tuple[pd.DataFrame, Path, Any]:
+def prepare_raw(
+    cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None = None, progress: bool = True
+) -> tuple[pd.DataFrame, Path, Any]:
     """Make the raw data of ``cfg`` available; return (records, data root, stamp extra)."""
     from subspace_fsl.data import cub, folder, synth
 
@@ -221,8 +258,10 @@ def prepare_raw(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None 
         if not synth.is_generated(root, *wanted):
             if root.exists():
                 if not (root / "synth.json").is_file():
-                    raise DatasetError(f"{root} exists but is not a synthetic data set "
-                                       "(no synth.json); remove it or set dataset.root")
+                    raise DatasetError(
+                        f"{root} exists but is not a synthetic data set "
+                        "(no synth.json); remove it or set dataset.root"
+                    )
                 log.warning("synthetic data in %s has other settings; generating it again", root)
                 shutil.rmtree(root)
             synth.generate(root, *wanted, progress=progress)
@@ -230,8 +269,9 @@ def prepare_raw(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None 
     if source == "cub":
         if not cub.is_dataset_root(root):
             archive = Path(cfg["data_dir"]) / cub.archive_name(dataset["url"])
-            cub.download(dataset["url"], archive, dataset["md5"], dataset["size_bytes"],
-                         progress=progress)
+            cub.download(
+                dataset["url"], archive, dataset["md5"], dataset["size_bytes"], progress=progress
+            )
             cub.extract(archive, root)
         return cub.read_cub(root, dataset["crop_to_bbox"]), root, None
     if source == "folder":
@@ -241,16 +281,23 @@ def prepare_raw(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None 
     raise ValueError(f"dataset.source {source!r}: choose cub, synthetic or folder")
 
 
-def prepare(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None = None,
-            cache_dir: str | os.PathLike[str] | None = None, *, workers: int | None = None,
-            progress: bool = True) -> Path:
+def prepare(
+    cfg: Mapping[str, Any],
+    raw_root: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Raw data (download/extract or synthesise) -> image cache for ``cfg``; returns the cache
     folder. A cache whose stamp differs from the expected one is rebuilt, never used."""
     dataset = cfg["dataset"]
     cache_dir = Path(cache_dir) if cache_dir is not None else _paths(cfg)[1]
     records, root, extra = prepare_raw(cfg, raw_root, progress)
     source = source_stamp(records, root, extra)
-    expected = cache_stamp(source, dataset["image_size"], dataset["resize"], dataset["crop_to_bbox"])
+    expected = cache_stamp(
+        source, dataset["image_size"], dataset["resize"], dataset["crop_to_bbox"]
+    )
     if cache_dir.exists():
         try:
             existing = ImageCache.open(cache_dir)
@@ -260,8 +307,22 @@ def prepare(cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None = No
             if existing.stamp == expected:
                 log.info("cache %s is up to date (stamp %s)", cache_dir, expected[:12])
                 return cache_dir
-            log.warning("rebuilding the stale cache %s: stamp %s != expected %s (source data or "
-                        "preprocessing settings changed)", cache_dir, existing.stamp[:12], expected[:12])
+            log.warning(
+                "rebuilding the stale cache %s: stamp %s != expected %s (source data or "
+                "preprocessing settings changed)",
+                cache_dir,
+                existing.stamp[:12],
+                expected[:12],
+            )
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
-    return build_cache(records, cache_dir, dataset["image_size"], dataset["resize"],
-                       dataset["crop_to_bbox"], source, root=root, workers=workers, progress=progress)
+    return build_cache(
+        records,
+        cache_dir,
+        dataset["image_size"],
+        dataset["resize"],
+        dataset["crop_to_bbox"],
+        source,
+        root=root,
+        workers=workers,
+        progress=progress,
+    )

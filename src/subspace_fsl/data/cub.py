@@ -61,7 +61,9 @@ def _verify(path: Path, md5: str | None, size_bytes: int | None, dest: Path) -> 
     size = path.stat().st_size
     if size_bytes is not None and size != size_bytes:
         aside = _set_aside(path, f"size {size} != expected {size_bytes}", dest)
-        raise ChecksumError(f"{path} has {size} bytes, expected {size_bytes}; moved aside to {aside}")
+        raise ChecksumError(
+            f"{path} has {size} bytes, expected {size_bytes}; moved aside to {aside}"
+        )
     if md5 is not None:
         actual = md5sum(path)
         if actual != md5.lower():
@@ -69,8 +71,16 @@ def _verify(path: Path, md5: str | None, size_bytes: int | None, dest: Path) -> 
             raise ChecksumError(f"{path} has MD5 {actual}, expected {md5}; moved aside to {aside}")
 
 
-def download(url: str, dest: str | os.PathLike[str], md5: str | None, size_bytes: int | None = None,
-             *, retries: int = 3, progress: bool = True, timeout: float = 60.0) -> Path:
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    md5: str | None,
+    size_bytes: int | None = None,
+    *,
+    retries: int = 3,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
     """Fetch ``url`` (http(s):// or file://) to the file ``dest`` and verify it; return ``dest``.
 
     An existing ``dest`` is verified and reused (a bad one is moved aside to ``.bad`` and
@@ -98,15 +108,23 @@ def download(url: str, dest: str | os.PathLike[str], md5: str | None, size_bytes
             break
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code < 500 and exc.code != 429:
-                raise ConnectionError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from exc
-            if isinstance(exc, FileNotFoundError) or attempt == retries:
                 raise ConnectionError(
-                    f"download of {url} failed ({exc}); {part} keeps the "
-                    f"{part.stat().st_size if part.exists() else 0} bytes received, run again to resume"
+                    f"cannot download {url}: HTTP {exc.code} {exc.reason}"
                 ) from exc
-            log.warning("download of %s interrupted (%s); resuming (attempt %d of %d)",
-                        url, exc, attempt + 2, retries + 1)
-            time.sleep(min(2 ** attempt, 10) * 0.1)
+            if isinstance(exc, FileNotFoundError) or attempt == retries:
+                received = part.stat().st_size if part.exists() else 0
+                raise ConnectionError(
+                    f"download of {url} failed ({exc}); {part} keeps the {received} bytes "
+                    "received, run again to resume"
+                ) from exc
+            log.warning(
+                "download of %s interrupted (%s); resuming (attempt %d of %d)",
+                url,
+                exc,
+                attempt + 2,
+                retries + 1,
+            )
+            time.sleep(min(2**attempt, 10) * 0.1)
     _verify(part, md5, size_bytes, dest)
     os.replace(part, dest)
     return dest
@@ -146,10 +164,20 @@ def _fetch(url: str, part: Path, size_bytes: int | None, progress: bool, timeout
         raise ConnectionError(f"connection closed after {part.stat().st_size} of {expected} bytes")
 
 
-def _copy(response: BinaryIO, part: Path, mode: str, have: int, total: int | None,
-          progress: bool) -> None:
-    with open(part, mode) as handle, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                         desc=part.name, disable=not progress) as bar:
+def _copy(
+    response: BinaryIO, part: Path, mode: str, have: int, total: int | None, progress: bool
+) -> None:
+    with (
+        open(part, mode) as handle,
+        tqdm(
+            total=total,
+            initial=have,
+            unit="B",
+            unit_scale=True,
+            desc=part.name,
+            disable=not progress,
+        ) as bar,
+    ):
         try:
             while block := response.read(CHUNK):
                 handle.write(block)
@@ -179,11 +207,14 @@ def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Pa
             with tarfile.open(archive) as tar:
                 tar.extractall(tmp, filter="data")
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
-            raise DatasetError(f"cannot extract {archive} (truncated or not a tar archive?): {exc}") from exc
+            raise DatasetError(
+                f"cannot extract {archive} (truncated or not a tar archive?): {exc}"
+            ) from exc
         found = sorted(p.parent for p in tmp.rglob("images.txt"))
         if len(found) != 1:
             raise DatasetError(
-                f"{archive} should hold exactly one folder with images.txt, found {len(found)}")
+                f"{archive} should hold exactly one folder with images.txt, found {len(found)}"
+            )
         os.replace(found[0], dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -205,8 +236,10 @@ def _read_table(path: Path, names: list[str], required: bool = True) -> pd.DataF
             # the last field (a path or class name) may contain spaces: split at most n-1 times
             fields = line.strip().split(maxsplit=len(names) - 1)
             if len(fields) != len(names):
-                raise DatasetError(f"{path}, line {number}: expected {len(names)} fields "
-                                   f"({', '.join(names)}), got {line.rstrip()!r}")
+                raise DatasetError(
+                    f"{path}, line {number}: expected {len(names)} fields "
+                    f"({', '.join(names)}), got {line.rstrip()!r}"
+                )
             rows.append(fields)
     table = pd.DataFrame(rows, columns=names)
     for name in names:
@@ -243,35 +276,48 @@ def read_cub(root: str | os.PathLike[str], crop_to_bbox: bool = False) -> pd.Dat
     classes = classes.sort_values("class_id").reset_index(drop=True)
     unknown = sorted(set(labels["class_id"]) - set(classes["class_id"]))
     if unknown:
-        raise DatasetError(f"{root / 'image_class_labels.txt'}: class ids {unknown[:5]} are not in classes.txt")
+        raise DatasetError(
+            f"{root / 'image_class_labels.txt'}: class ids {unknown[:5]} are not in classes.txt"
+        )
     table = images.merge(labels, on="image_id", how="left", validate="one_to_one")
     unlabelled = table.loc[table["class_id"].isna(), "image_id"]
     if len(unlabelled):
-        raise DatasetError(f"{root / 'image_class_labels.txt'} has no label for image_id "
-                           f"{int(unlabelled.iloc[0])} ({len(unlabelled)} images unlabelled)")
+        raise DatasetError(
+            f"{root / 'image_class_labels.txt'} has no label for image_id "
+            f"{int(unlabelled.iloc[0])} ({len(unlabelled)} images unlabelled)"
+        )
     position = {cid: i for i, cid in enumerate(classes["class_id"])}
-    table["class_name"] = table["class_id"].map(dict(zip(classes["class_id"], classes["class_name"], strict=True)))
+    table["class_name"] = table["class_id"].map(
+        dict(zip(classes["class_id"], classes["class_name"], strict=True))
+    )
     table["class_id"] = table["class_id"].map(position).astype(np.int64)
     table["path"] = [str(root / "images" / p) for p in table["path"]]
     missing = [p for p in table["path"] if not os.path.isfile(p)]
     if missing:
-        raise DatasetError(f"{root / 'images.txt'} lists {len(missing)} missing image file(s), "
-                           f"first: {missing[0]}")
+        raise DatasetError(
+            f"{root / 'images.txt'} lists {len(missing)} missing image file(s), first: {missing[0]}"
+        )
     if crop_to_bbox:
         boxes = _read_table(root / "bounding_boxes.txt", ["image_id", "x", "y", "w", "h"])
         table = table.merge(boxes, on="image_id", how="left", validate="one_to_one")
         boxless = table.loc[table["w"].isna(), "image_id"]
         if len(boxless):
-            raise DatasetError(f"{root / 'bounding_boxes.txt'} has no box for image_id {int(boxless.iloc[0])}")
+            raise DatasetError(
+                f"{root / 'bounding_boxes.txt'} has no box for image_id {int(boxless.iloc[0])}"
+            )
         bad = table.loc[(table["w"] <= 0) | (table["h"] <= 0), "image_id"]
         if len(bad):
-            raise DatasetError(f"{root / 'bounding_boxes.txt'}: empty box for image_id {int(bad.iloc[0])}")
+            raise DatasetError(
+                f"{root / 'bounding_boxes.txt'}: empty box for image_id {int(bad.iloc[0])}"
+            )
     else:
         for column in ("x", "y", "w", "h"):
             table[column] = np.nan
     empty = sorted(set(range(len(classes))) - set(table["class_id"]))
     if empty:
-        raise DatasetError(f"{root / 'classes.txt'}: class {classes['class_name'][empty[0]]!r} has no images")
+        raise DatasetError(
+            f"{root / 'classes.txt'}: class {classes['class_name'][empty[0]]!r} has no images"
+        )
     return table[COLUMNS].sort_values("image_id").reset_index(drop=True)
 
 

@@ -51,8 +51,16 @@ class EpisodeSampler:
     class in the order of ``Episode.classes``.
     """
 
-    def __init__(self, labels: np.ndarray, classes: Sequence[int], way: int, shot: int,
-                 query: int, seed: int, class_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        labels: np.ndarray,
+        classes: Sequence[int],
+        way: int,
+        shot: int,
+        query: int,
+        seed: int,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
         labels = np.asarray(labels, dtype=np.int64)
         self.classes = np.asarray(classes, dtype=np.int64)
         self.way, self.shot, self.query, self.seed = int(way), int(shot), int(query), int(seed)
@@ -61,15 +69,19 @@ class EpisodeSampler:
         if len(np.unique(self.classes)) != len(self.classes):
             raise EpisodeError("the split's class list contains duplicates")
         if len(self.classes) < self.way:
-            raise EpisodeError(f"{self.way}-way episodes need {self.way} classes, the split has "
-                               f"{len(self.classes)}")
+            raise EpisodeError(
+                f"{self.way}-way episodes need {self.way} classes, the split has "
+                f"{len(self.classes)}"
+            )
         self.members = [np.flatnonzero(labels == c) for c in self.classes]
         needed = self.shot + self.query
         for c, members in zip(self.classes, self.members, strict=True):
             if len(members) < needed:
                 name = f" ({class_names[c]!r})" if class_names is not None else ""
-                raise EpisodeError(f"class {int(c)}{name} has {len(members)} images, but "
-                                   f"shot + query = {self.shot} + {self.query} = {needed} are needed")
+                raise EpisodeError(
+                    f"class {int(c)}{name} has {len(members)} images, but "
+                    f"shot + query = {self.shot} + {self.query} = {needed} are needed"
+                )
         self.rng = np.random.default_rng(self.seed)
         self.sampled = 0
 
@@ -79,7 +91,7 @@ class EpisodeSampler:
         for position in chosen:
             picked = self.rng.choice(self.members[position], self.shot + self.query, replace=False)
             support.append(picked[: self.shot])
-            query.append(picked[self.shot:])
+            query.append(picked[self.shot :])
         self.sampled += 1
         ways = np.arange(self.way, dtype=np.int64)
         return Episode(
@@ -101,14 +113,24 @@ class EpisodeSampler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["seed"] != self.seed:
-            raise EpisodeError(f"sampler state was saved with seed {state['seed']}, this sampler "
-                               f"has seed {self.seed}")
+            raise EpisodeError(
+                f"sampler state was saved with seed {state['seed']}, this sampler "
+                f"has seed {self.seed}"
+            )
         self.rng.bit_generator.state = state["rng"]
         self.sampled = int(state["sampled"])
 
 
-def episode_plan(labels: np.ndarray, classes: Sequence[int], way: int, shot: int, query: int,
-                 n_episodes: int, seed: int, class_names: Sequence[str] | None = None) -> list[Episode]:
+def episode_plan(
+    labels: np.ndarray,
+    classes: Sequence[int],
+    way: int,
+    shot: int,
+    query: int,
+    n_episodes: int,
+    seed: int,
+    class_names: Sequence[str] | None = None,
+) -> list[Episode]:
     """A fixed list of ``n_episodes`` episodes: the same for every method given the seed."""
     sampler = EpisodeSampler(labels, classes, way, shot, query, seed, class_names)
     return [sampler.sample() for _ in range(n_episodes)]
@@ -129,8 +151,13 @@ class EpisodeLoader:
     ``cache`` is an ``ImageCache`` (or anything with a uint8 ``images`` array [n, 3, H, W]).
     """
 
-    def __init__(self, cache: Any, device: str | torch.device = "cpu", augment: bool = False,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        cache: Any,
+        device: str | torch.device = "cpu",
+        augment: bool = False,
+        channels_last: bool = False,
+    ) -> None:
         self.images = cache.images
         self.device = torch.device(device)
         self.augment = augment
@@ -138,11 +165,13 @@ class EpisodeLoader:
         size = int(self.images.shape[-1])
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
-        self.transform = v2.Compose([
-            v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-        ])
+        self.transform = v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+            ]
+        )
 
     def load(self, indices: np.ndarray) -> torch.Tensor:
         """Normalised float images of the given cache indices, on the device."""
@@ -164,5 +193,7 @@ class EpisodeLoader:
 
     def labels(self, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
         """(support_labels, query_labels) as int64 tensors on the device."""
-        return (torch.from_numpy(episode.support_labels).to(self.device),
-                torch.from_numpy(episode.query_labels).to(self.device))
+        return (
+            torch.from_numpy(episode.support_labels).to(self.device),
+            torch.from_numpy(episode.query_labels).to(self.device),
+        )

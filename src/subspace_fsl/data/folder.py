@@ -27,8 +27,9 @@ def read_folder(root: str | os.PathLike[str]) -> pd.DataFrame:
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     strays = [p for p in entries if not p.is_dir()]
     if strays:
-        raise DatasetError(f"{strays[0]} is a file directly in {root}; "
-                           "images belong in one sub-folder per class")
+        raise DatasetError(
+            f"{strays[0]} is a file directly in {root}; images belong in one sub-folder per class"
+        )
     if not entries:
         raise DatasetError(f"{root} has no class sub-folders")
     rows = []

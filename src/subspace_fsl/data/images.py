@@ -38,8 +38,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str], image_size: int, resize: int | None = None,
-               bbox: Sequence[float] | None = None) -> np.ndarray:
+def load_image(
+    path: str | os.PathLike[str],
+    image_size: int,
+    resize: int | None = None,
+    bbox: Sequence[float] | None = None,
+) -> np.ndarray:
     """Decode ``path``, crop to ``bbox`` (x, y, w, h) if given, resize the shorter side to
     ``resize`` (default ``image_size``), centre-crop to ``image_size``; uint8 [3, H, W]."""
     resize = resize or image_size
@@ -48,7 +52,11 @@ def load_image(path: str | os.PathLike[str], image_size: int, resize: int | None
     try:
         with Image.open(path) as image:
             full_w, full_h = image.size
-            box = (0.0, 0.0, float(full_w), float(full_h)) if bbox is None else _clip_box(bbox, full_w, full_h, path)
+            box = (
+                (0.0, 0.0, float(full_w), float(full_h))
+                if bbox is None
+                else _clip_box(bbox, full_w, full_h, path)
+            )
             # JPEG draft mode decodes at 1/2, 1/4 or 1/8 scale when that still leaves the
             # (cropped) region at least `resize` pixels on its shorter side: much faster.
             scale = resize / min(box[2], box[3])
@@ -61,18 +69,27 @@ def load_image(path: str | os.PathLike[str], image_size: int, resize: int | None
         raise ImageDecodeError(f"cannot decode image {path}: {exc}") from exc
     if bbox is not None:
         x, y, w, h = box
-        image = image.crop((round(x * factor_x), round(y * factor_y),
-                            round((x + w) * factor_x), round((y + h) * factor_y)))
+        image = image.crop(
+            (
+                round(x * factor_x),
+                round(y * factor_y),
+                round((x + w) * factor_x),
+                round((y + h) * factor_y),
+            )
+        )
     return _resize_centre_crop(image, image_size, resize)
 
 
-def _clip_box(bbox: Sequence[float], width: int, height: int, path: object) -> tuple[float, float, float, float]:
+def _clip_box(
+    bbox: Sequence[float], width: int, height: int, path: object
+) -> tuple[float, float, float, float]:
     x, y, w, h = (float(v) for v in bbox)
     x0, y0 = max(0.0, x), max(0.0, y)
     x1, y1 = min(float(width), x + w), min(float(height), y + h)
     if not (x1 - x0 >= 1 and y1 - y0 >= 1):
         raise ImageDecodeError(
-            f"bounding box {tuple(bbox)} of {path} lies outside the {width}x{height} image")
+            f"bounding box {tuple(bbox)} of {path} lies outside the {width}x{height} image"
+        )
     return x0, y0, x1 - x0, y1 - y0
 
 

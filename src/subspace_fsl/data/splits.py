@@ -42,14 +42,22 @@ def split_counts(n_classes: int, counts: Sequence[float]) -> list[int]:
         base, val = round(counts[0] * n_classes), round(counts[1] * n_classes)
         result = [base, val, n_classes - base - val]
         if min(result) < 1:
-            raise SplitError(f"split.counts {list(counts)} leaves a set empty with {n_classes} classes")
+            raise SplitError(
+                f"split.counts {list(counts)} leaves a set empty with {n_classes} classes"
+            )
         return result
-    raise SplitError(f"split.counts {list(counts)} must be integers summing to the data set's "
-                     f"{n_classes} classes or fractions summing to 1 (e.g. [0.5, 0.25, 0.25])")
+    raise SplitError(
+        f"split.counts {list(counts)} must be integers summing to the data set's "
+        f"{n_classes} classes or fractions summing to 1 (e.g. [0.5, 0.25, 0.25])"
+    )
 
 
-def make_split(class_names: Sequence[str], rule: str = "random",
-               counts: Sequence[float] = (100, 50, 50), seed: int = 0) -> dict[str, Any]:
+def make_split(
+    class_names: Sequence[str],
+    rule: str = "random",
+    counts: Sequence[float] = (100, 50, 50),
+    seed: int = 0,
+) -> dict[str, Any]:
     """``{"rule", "seed", "counts", "base", "val", "novel"}`` (class names).
 
     ``class_names`` must be in class_id order (CUB's ``classes.txt`` order); each set keeps
@@ -68,16 +76,20 @@ def make_split(class_names: Sequence[str], rule: str = "random",
         return _split(rule, seed, sets)
     if rule in ("closer-look", "frn"):
         if len(names) != CUB_CLASSES:
-            raise SplitError(f"split rule {rule!r} is defined for CUB's {CUB_CLASSES} classes, "
-                             f"this data set has {len(names)}; use rule random")
+            raise SplitError(
+                f"split rule {rule!r} is defined for CUB's {CUB_CLASSES} classes, "
+                f"this data set has {len(names)}; use rule random"
+            )
         if rule == "closer-look":
             keyed = list(enumerate(sorted(names)))  # 0-based index of the sorted names
         else:
             keyed = [(_cub_id(n, i), n) for i, n in enumerate(names)]
         # the same residues for both rules: base k % 2 == 0, val k % 4 == 1, novel k % 4 == 3
-        sets = {"base": [n for k, n in keyed if k % 2 == 0],
-                "val": [n for k, n in keyed if k % 4 == 1],
-                "novel": [n for k, n in keyed if k % 4 == 3]}
+        sets = {
+            "base": [n for k, n in keyed if k % 2 == 0],
+            "val": [n for k, n in keyed if k % 4 == 1],
+            "novel": [n for k, n in keyed if k % 4 == 3],
+        }
         if rule == "closer-look":
             position = {n: i for i, n in enumerate(names)}
             sets = {s: sorted(v, key=position.__getitem__) for s, v in sets.items()}
@@ -89,8 +101,10 @@ def _cub_id(name: str, position: int) -> int:
     """1-based CUB class id: ``position + 1``, checked against a ``NNN.`` name prefix."""
     match = re.match(r"^(\d+)\.", name)
     if match and int(match.group(1)) != position + 1:
-        raise SplitError(f"class {name!r} is number {position + 1} in the class list but its "
-                         f"name says {int(match.group(1))}; frn needs classes in CUB id order")
+        raise SplitError(
+            f"class {name!r} is number {position + 1} in the class list but its "
+            f"name says {int(match.group(1))}; frn needs classes in CUB id order"
+        )
     return position + 1
 
 
@@ -98,8 +112,9 @@ def _split(rule: str, seed: int | None, sets: dict[str, list[str]]) -> dict[str,
     return {"rule": rule, "seed": seed, "counts": [len(sets[s]) for s in SETS], **sets}
 
 
-def check_split(split: dict[str, Any], class_names: Sequence[str] | None = None,
-                source: str = "split") -> dict[str, Any]:
+def check_split(
+    split: dict[str, Any], class_names: Sequence[str] | None = None, source: str = "split"
+) -> dict[str, Any]:
     """Raise ``SplitError`` for missing keys, overlapping sets, duplicates, counts that do not
     match, or (given ``class_names``) classes unknown to or missing from the data set."""
     missing_keys = [k for k in ("rule", "seed", "counts", *SETS) if k not in split]
@@ -109,29 +124,41 @@ def check_split(split: dict[str, Any], class_names: Sequence[str] | None = None,
         raise SplitError(f"{source}: unknown rule {split['rule']!r}")
     for s in SETS:
         members = split[s]
-        if not isinstance(members, list) or not all(isinstance(n, str) for n in members) or not members:
+        if (
+            not isinstance(members, list)
+            or not all(isinstance(n, str) for n in members)
+            or not members
+        ):
             raise SplitError(f"{source}: {s!r} must be a non-empty list of class names")
         repeated = sorted({n for n in members if members.count(n) > 1})
         if repeated:
             raise SplitError(f"{source}: classes listed twice in {s!r}: {repeated[:5]}")
     for i, a in enumerate(SETS):
-        for b in SETS[i + 1:]:
+        for b in SETS[i + 1 :]:
             shared = sorted(set(split[a]) & set(split[b]))
             if shared:
-                raise SplitError(f"{source}: classes in both {a!r} and {b!r}: {shared[:5]}"
-                                 f"{' ...' if len(shared) > 5 else ''} ({len(shared)} in all)")
+                raise SplitError(
+                    f"{source}: classes in both {a!r} and {b!r}: {shared[:5]}"
+                    f"{' ...' if len(shared) > 5 else ''} ({len(shared)} in all)"
+                )
     if list(split["counts"]) != [len(split[s]) for s in SETS]:
-        raise SplitError(f"{source}: counts {split['counts']} do not match the lists' lengths "
-                         f"{[len(split[s]) for s in SETS]}")
+        raise SplitError(
+            f"{source}: counts {split['counts']} do not match the lists' lengths "
+            f"{[len(split[s]) for s in SETS]}"
+        )
     if class_names is not None:
         known = set(class_names)
         listed = set().union(*(split[s] for s in SETS))
         unknown = sorted(listed - known)
         if unknown:
-            raise SplitError(f"{source}: classes not in the data set: {unknown[:5]} ({len(unknown)} in all)")
+            raise SplitError(
+                f"{source}: classes not in the data set: {unknown[:5]} ({len(unknown)} in all)"
+            )
         missing = sorted(known - listed)
         if missing:
-            raise SplitError(f"{source}: data set classes in no set: {missing[:5]} ({len(missing)} in all)")
+            raise SplitError(
+                f"{source}: data set classes in no set: {missing[:5]} ({len(missing)} in all)"
+            )
     return split
 
 
@@ -142,7 +169,9 @@ def save_split(split: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     return Path(path)
 
 
-def load_split(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> dict[str, Any]:
+def load_split(
+    path: str | os.PathLike[str], class_names: Sequence[str] | None = None
+) -> dict[str, Any]:
     """Read and validate a split file (against the data set's classes when given)."""
     path = Path(path)
     try:

@@ -65,7 +65,9 @@ def choose_combinations(classes: int, seed: int) -> list[dict[str, str]]:
     two classes.
     """
     if not 1 <= classes <= max_classes():
-        raise ValueError(f"classes={classes}: the synthetic part vocabulary allows 1..{max_classes()}")
+        raise ValueError(
+            f"classes={classes}: the synthetic part vocabulary allows 1..{max_classes()}"
+        )
     names = list(PARTS)
     remaining = list(itertools.product(*(range(len(PARTS[n])) for n in names)))
     order = np.random.default_rng([seed, 7919]).permutation(len(remaining))
@@ -90,7 +92,9 @@ def class_name(index: int, parts: dict[str, str]) -> str:
 # --- drawing -----------------------------------------------------------------------------
 
 
-def _ellipse(cx: float, cy: float, a: float, b: float, angle: float = 0.0, n: int = 28) -> np.ndarray:
+def _ellipse(
+    cx: float, cy: float, a: float, b: float, angle: float = 0.0, n: int = 28
+) -> np.ndarray:
     t = np.linspace(0, 2 * np.pi, n, endpoint=False)
     x, y = a * np.cos(t), b * np.sin(t)
     c, s = math.cos(angle), math.sin(angle)
@@ -135,7 +139,9 @@ def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, side: 
             draw.polygon([tuple(p) for p in points], fill=colour)
 
 
-def render(parts: dict[str, str], size: int, rng: np.random.Generator) -> tuple[Image.Image, tuple[float, float, float, float]]:
+def render(
+    parts: dict[str, str], size: int, rng: np.random.Generator
+) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """One image of a bird with the given parts; returns (RGB image, bbox x, y, w, h)."""
     side = size * SUPERSAMPLE
     background = tuple(int(v) for v in rng.integers(60, 200, 3))
@@ -174,7 +180,9 @@ def render(parts: dict[str, str], size: int, rng: np.random.Generator) -> tuple[
     pattern = parts["wing"]
     if pattern == "striped":
         for x in (-0.55, -0.3, -0.05, 0.2):
-            draw.line(place(np.array([[x + 0.05, 0.3], [x - 0.05, -0.18]])), fill=light, width=width)
+            draw.line(
+                place(np.array([[x + 0.05, 0.3], [x - 0.05, -0.18]])), fill=light, width=width
+            )
     elif pattern == "spotted":
         for x, y in ((-0.5, 0.02), (-0.2, 0.12), (0.1, 0.0), (0.35, 0.12), (-0.2, -0.1)):
             draw.polygon(place(_ellipse(x, y, 0.08, 0.08, 0, 10)), fill=light)
@@ -205,7 +213,9 @@ def render(parts: dict[str, str], size: int, rng: np.random.Generator) -> tuple[
 # --- the data set ------------------------------------------------------------------------
 
 
-def _render_class(task: tuple[Path, int, str, dict[str, str], int, int, int]) -> list[tuple[str, tuple[float, ...]]]:
+def _render_class(
+    task: tuple[Path, int, str, dict[str, str], int, int, int],
+) -> list[tuple[str, tuple[float, ...]]]:
     """Render and save one class's images; returns (relative path, bbox) per image."""
     root, index, name, parts, images_per_class, size, seed = task
     folder = root / "images" / name
@@ -223,12 +233,18 @@ def _render_class(task: tuple[Path, int, str, dict[str, str], int, int, int]) ->
 
 def settings(classes: int, images_per_class: int, size: int, seed: int) -> dict[str, Any]:
     """What ``synth.json`` records: equal settings mean an identical data set."""
-    return {"generator_version": GENERATOR_VERSION, "classes": classes,
-            "images_per_class": images_per_class, "size": size, "seed": seed}
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "classes": classes,
+        "images_per_class": images_per_class,
+        "size": size,
+        "seed": seed,
+    }
 
 
-def is_generated(out: str | os.PathLike[str], classes: int, images_per_class: int, size: int,
-                 seed: int) -> bool:
+def is_generated(
+    out: str | os.PathLike[str], classes: int, images_per_class: int, size: int, seed: int
+) -> bool:
     """True when ``out`` holds a complete synthetic set made with exactly these settings."""
     marker = Path(out) / "synth.json"
     if not marker.is_file():
@@ -236,8 +252,15 @@ def is_generated(out: str | os.PathLike[str], classes: int, images_per_class: in
     return json.loads(marker.read_text()) == settings(classes, images_per_class, size, seed)
 
 
-def generate(out: str | os.PathLike[str], classes: int, images_per_class: int, size: int,
-             seed: int, workers: int | None = None, progress: bool = True) -> Path:
+def generate(
+    out: str | os.PathLike[str],
+    classes: int,
+    images_per_class: int,
+    size: int,
+    seed: int,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
     """Write the synthetic data set to ``out`` (which must not exist) and return it.
 
     Built in a temporary sibling folder and renamed at the end, so ``out`` is either absent
@@ -247,13 +270,17 @@ def generate(out: str | os.PathLike[str], classes: int, images_per_class: int, s
     if out.exists():
         raise FileExistsError(f"{out} already exists; remove it or choose another --out")
     if images_per_class < 1 or size < 16:
-        raise ValueError(f"images_per_class={images_per_class} and size={size} must be >= 1 and >= 16")
+        raise ValueError(
+            f"images_per_class={images_per_class} and size={size} must be >= 1 and >= 16"
+        )
     combos = choose_combinations(classes, seed)
     names = [class_name(i, parts) for i, parts in enumerate(combos)]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        tasks = [(tmp, i, names[i], combos[i], images_per_class, size, seed) for i in range(classes)]
+        tasks = [
+            (tmp, i, names[i], combos[i], images_per_class, size, seed) for i in range(classes)
+        ]
         workers = min(classes, workers or os.cpu_count() or 1)
         bar = tqdm(total=classes, desc=f"synth {out.name}", unit="class", disable=not progress)
         if workers > 1:
@@ -269,9 +296,15 @@ def generate(out: str | os.PathLike[str], classes: int, images_per_class: int, s
                 bar.update()
         bar.close()
         _write_lists(tmp, names, results)
-        (tmp / "parts.json").write_text(json.dumps(
-            {"parts": {k: list(v) for k, v in PARTS.items()},
-             "classes": {name: parts for name, parts in zip(names, combos, strict=True)}}, indent=1))
+        (tmp / "parts.json").write_text(
+            json.dumps(
+                {
+                    "parts": {k: list(v) for k, v in PARTS.items()},
+                    "classes": {name: parts for name, parts in zip(names, combos, strict=True)},
+                },
+                indent=1,
+            )
+        )
         (tmp / "synth.json").write_text(json.dumps(settings(classes, images_per_class, size, seed)))
         os.replace(tmp, out)
     except BaseException:
@@ -280,7 +313,9 @@ def generate(out: str | os.PathLike[str], classes: int, images_per_class: int, s
     return out
 
 
-def _write_lists(root: Path, names: list[str], results: list[list[tuple[str, tuple[float, ...]]]]) -> None:
+def _write_lists(
+    root: Path, names: list[str], results: list[list[tuple[str, tuple[float, ...]]]]
+) -> None:
     images, labels, boxes = [], [], []
     image_id = 0
     for class_index, rows in enumerate(results):
