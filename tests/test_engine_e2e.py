@@ -160,12 +160,12 @@ def test_mlflow_holds_params_metrics_tags_and_artifacts(workspace: Path, trained
     assert params["split.counts"] == "[4, 2, 2]" and params["runtime.device"] == "cpu"
     steps = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
              for key in ("train_loss", "train_acc", "l1", "l2", "val_acc", "episodes_per_s",
-                         "novel_acc", "novel_ci95")}
+                         "eval_novel_acc", "eval_novel_ci95")}
     assert steps["train_loss"] == list(range(LOG_EVERY, MAX_EPISODES + 1, LOG_EVERY))
     assert steps["val_acc"] == list(range(VAL_EVERY, MAX_EPISODES + 1, VAL_EVERY))
-    assert len(steps["novel_acc"]) == len(steps["novel_ci95"]) == 1
+    assert len(steps["eval_novel_acc"]) == len(steps["eval_novel_ci95"]) == 1
     novel = json.loads((evaluated / "summary.json").read_text())
-    assert run.data.metrics["novel_acc"] == pytest.approx(novel["mean"])
+    assert run.data.metrics["eval_novel_acc"] == pytest.approx(novel["mean"])
     tags = run.data.tags
     assert tags["data_stamp"] == ImageCache.open(workspace / "results/cache/tiny").stamp
     assert tags["device"] == "cpu" and tags["subspace_fsl.version"]
@@ -266,7 +266,9 @@ def test_sgd_cosine_and_early_stopping(workspace: Path, tmp_path: Path):
     first_miss = next(i for i in range(1, len(val)) if val[i] <= max(val[:i]))
     assert summary["stopped"] == "early_stopping"
     assert summary["episodes"] == 2 * (first_miss + 1) < 30
-    assert history["lr"].is_monotonic_decreasing and history["lr"].iloc[0] == pytest.approx(0.01)
+    # cosine over max_episodes; the row of episode 2 shows the lr its last step used
+    assert history["lr"].iloc[0] == pytest.approx(0.01 * (1 + math.cos(math.pi / 30)) / 2)
+    assert history["lr"].is_monotonic_decreasing
     assert not (tmp_path / "run" / "mlflow_run.json").exists()
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["episode"] \
         == summary["best_episode"]

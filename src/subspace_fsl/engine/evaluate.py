@@ -184,9 +184,9 @@ def evaluate(
     tracker = tracking.open_run(cfg, run_dir)
     tracker.log_metrics(
         {
-            f"{split_name}_acc": summary["mean"],
-            f"{split_name}_ci95": summary["ci95"],
-            f"{split_name}_std": summary["std"],
+            f"eval_{split_name}_acc": summary["mean"],
+            f"eval_{split_name}_ci95": summary["ci95"],
+            f"eval_{split_name}_std": summary["std"],
         },
         step=int(state.get("episode") or 0),
     )
