@@ -85,11 +85,14 @@ def open_data(
     *,
     split_file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> EngineData:
-    """Open (building if needed) the configuration's image cache and its class split."""
+    """Open (building if needed) the configuration's image cache and its class split.
+
+    ``progress`` shows bars while raw data or the cache are being built."""
     from subspace_fsl.data.cache import ImageCache, prepare
 
-    directory = Path(cache_dir) if cache_dir is not None else prepare(cfg)
+    directory = Path(cache_dir) if cache_dir is not None else prepare(cfg, progress=progress)
     cache = ImageCache.open(directory)
     split, path = resolve_split(cfg, split_file, [str(n) for n in cache.class_names])
     return EngineData(cache=cache, split=split, split_file=path)

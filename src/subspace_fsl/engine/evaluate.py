@@ -142,7 +142,9 @@ def evaluate(
     out = Path(out_dir)
     runtime = configure(cfg)
     model, state = load_model(checkpoint, runtime)
-    data = open_data(cfg, split_file=split_file, cache_dir=cache_dir)
+    data = open_data(
+        cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
+    )
     way, shot = cfg["train"]["way"], cfg["train"]["shot"]
     check_head_episode(model, way, shot, "train")
     plan = evaluation_plan(cfg, data, split_name)

@@ -239,7 +239,9 @@ def train(
     settings = cfg["train"]
     runtime = configure(cfg)
     seed_everything(settings["seed"])
-    data = open_data(cfg, split_file=split_file, cache_dir=cache_dir)
+    data = open_data(
+        cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
+    )
     model = build_model(cfg)
     check_training_config(cfg, data, model)
     if cfg["tracking"]["enabled"]:
