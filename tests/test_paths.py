@@ -1,0 +1,112 @@
+"""paths + grid: readable run names, one derivation of every path, the grid's runs."""
+
+import shlex
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from subspace_fsl import grid, paths
+from subspace_fsl.config import load_config
+
+
+def test_run_name_example_from_the_contract():
+    assert paths.run_name(5, 1, 4, 0.1, 0.01, 0) == "w5_k1_S4_l1-0.1_l2-0.01_seed0"
+    assert paths.run_name(5, 5, 1, 0, 0.0, 2) == "w5_k5_S1_l1-0_l2-0_seed2"
+    assert paths.run_name(5, 1, 2, 1e-5, 1.0, 0) == "w5_k1_S2_l1-1e-05_l2-1_seed0"
+
+
+lambdas = st.one_of(st.sampled_from([0, 0.03, 0.1, 0.3, 1, 1e-5, 2.5]),
+                    st.floats(0, 100, allow_nan=False, allow_infinity=False))
+
+
+@given(st.integers(2, 50), st.integers(1, 50), st.integers(1, 64), lambdas, lambdas,
+       st.integers(-5, 10_000))
+def test_run_name_round_trip(way, shot, s, l1, l2, seed):
+    key = paths.parse_run_name(paths.run_name(way, shot, s, l1, l2, seed))
+    assert key == (way, shot, s, float(l1), float(l2), seed)
+
+
+@pytest.mark.parametrize("bad", ["w5_k1_S4_seed0", "x5_k1_S4_l1-0_l2-0_seed0", "",
+                                 "w5_k1_S4_l1-0_l2-0_seed0/..", "w5_k1_S4_l1-a_l2-0_seed0"])
+def test_parse_rejects(bad):
+    with pytest.raises(ValueError, match="run name"):
+        paths.parse_run_name(bad)
+
+
+def test_paths_from_settings(tmp_path):
+    cfg = load_config(overrides=[f"results_dir={tmp_path}/r", f"data_dir={tmp_path}/d",
+                                 "dataset.name=birds", "train.shot=1", "train.lambda1=0.1",
+                                 "train.lambda2=0.01", "model.n_subspaces=4"])
+    r = tmp_path / "r"
+    assert paths.raw_root(cfg) == tmp_path / "d" / "birds"
+    assert paths.cache_dir(cfg) == r / "cache" / "birds"
+    assert paths.split_path(cfg) == r / "splits" / "birds.json"
+    assert paths.tracking_marker(cfg) == r / "tracking" / "birds.json"
+    name = "w5_k1_S4_l1-0.1_l2-0.01_seed0"
+    assert paths.run_name_of(cfg) == name
+    assert paths.run_dir(cfg, "multisubspace") == r / "runs" / "birds" / "multisubspace" / name
+    assert paths.eval_dir(cfg, "dsn", "val", "RUN") == r / "runs/birds/dsn/RUN/eval/val"
+    assert paths.selection_path(cfg) == r / "selection" / "birds.csv"
+    assert paths.tables_dir(cfg) == r / "tables" / "birds"
+    assert paths.plots_dir(cfg) == r / "plots" / "birds"
+    # a workflow passes wildcards through unchanged
+    assert str(paths.run_dir(cfg, "{method}", "{run}")).endswith("runs/birds/{method}/{run}")
+
+
+def test_explicit_dataset_root(tmp_path):
+    cfg = load_config(overrides=[f"dataset.root={tmp_path}/CUB_200_2011"])
+    assert paths.raw_root(cfg) == Path(tmp_path / "CUB_200_2011")
+
+
+def _grid_cfg(**extra):
+    overrides = ["grid.way=[5]", "grid.shot=[1, 5]", "grid.n_subspaces=[1, 4]",
+                 "grid.lambda1=[0, 0.3]", "grid.lambda2=[0.1]", "grid.seeds=[0, 1]"]
+    return load_config(overrides=overrides + [f"{k}={v}" for k, v in extra.items()])
+
+
+def test_grid_counts_and_names():
+    cfg = _grid_cfg()
+    method = grid.method_runs(cfg)
+    assert len(method) == 2 * 2 * 2 * 1 * 2
+    assert {r.method for r in method} == {"multisubspace"}
+    assert "w5_k5_S4_l1-0.3_l2-0.1_seed1" in {r.name for r in method}
+    baselines = grid.baseline_runs(cfg)
+    assert len(baselines) == 3 * 2 * 2  # three default baselines x shots x seeds
+    names = {(r.method, r.name) for r in baselines}
+    assert ("protonet", "w5_k1_S1_l1-0_l2-0_seed0") in names
+    assert ("dsn", "w5_k5_S1_l1-0_l2-0.03_seed1") in names
+    assert ("single-subspace", "w5_k1_S1_l1-0_l2-0_seed1") in names
+    assert len(set(grid.all_runs(cfg))) == len(grid.all_runs(cfg))
+
+
+def test_run_config_fills_the_cell():
+    cfg = _grid_cfg()
+    run = grid.run_config(cfg, "multisubspace", "w5_k5_S4_l1-0.3_l2-0.1_seed1")
+    assert run["model"]["head"] == "multisubspace" and run["model"]["n_subspaces"] == 4
+    assert (run["train"]["way"], run["train"]["shot"], run["train"]["seed"]) == (5, 5, 1)
+    assert (run["train"]["lambda1"], run["train"]["lambda2"]) == (0.3, 0.1)
+    assert run["eval"]["seed"] == cfg["eval"]["seed"]  # one evaluation seed for all
+    dsn = grid.run_config(cfg, "dsn", "w5_k1_S1_l1-0_l2-0.03_seed0")
+    assert dsn["model"]["head"] == "dsn" and dsn["train"]["lambda2"] == 0.03
+    assert cfg["model"]["head"] == "multisubspace"  # the input is not modified
+    with pytest.raises(ValueError, match="unknown method"):
+        grid.run_config(cfg, "nope", "w5_k1_S1_l1-0_l2-0_seed0")
+
+
+def test_baseline_may_not_shadow_the_method():
+    cfg = _grid_cfg(**{"grid.baselines": "{multisubspace: {head: protonet}}"})
+    with pytest.raises(ValueError, match="reuse"):
+        grid.all_runs(cfg)
+
+
+def test_cli_overrides_reproduce_the_settings():
+    cfg = _grid_cfg()
+    run = grid.run_config(cfg, "dsn", "w5_k1_S1_l1-0_l2-0.03_seed0")
+    args = shlex.split(grid.cli_overrides(grid.result_settings(run)))
+    assert args[::2] == ["--set"] * (len(args) // 2)
+    rebuilt = load_config(overrides=args[1::2])
+    for section in grid.result_settings(run):
+        assert rebuilt[section] == run[section]
+    assert set(grid.runtime_settings(run)) == set(grid.RUNTIME_SECTIONS)
