@@ -151,7 +151,7 @@ def place_model(model: nn.Module, runtime: Runtime) -> nn.Module:
 
 
 def maybe_compile(module: nn.Module, runtime: Runtime) -> nn.Module:
-    """``torch.compile`` a module when ``runtime.compile``; the original keeps the weights."""
+    """``torch.compile`` a module when ``runtime.compile`` (it shares the original's weights)."""
     if not runtime.compile:
         return module
     return torch.compile(module)  # type: ignore[return-value]

@@ -24,9 +24,14 @@ class FewShotModel(nn.Module):
         """Embed support and queries together (one pass, shared batch statistics), then classify."""
         features = self.backbone(torch.cat([support, query], dim=0))
         n_support = support.shape[0]
-        # heads solve small linear systems; keep them in float32 even under bf16 autocast
+        # heads solve small linear systems: keep them in float32, outside any bf16 autocast
         features = features.float()
-        return self.head(features[:n_support], support_labels, features[n_support:])
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.head(features[:n_support], support_labels, features[n_support:])
+
+    def with_backbone(self, backbone: nn.Module) -> FewShotModel:
+        """The same head and weights behind another backbone module (e.g. a compiled one)."""
+        return FewShotModel(backbone, self.head, self.feature_dim)
 
 
 def build_model(cfg: Mapping[str, Any]) -> FewShotModel:

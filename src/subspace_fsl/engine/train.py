@@ -250,7 +250,8 @@ def train(
     from subspace_fsl.data.episodes import EpisodeLoader, EpisodeSampler
 
     model = place_model(model, runtime)
-    step_model = maybe_compile(model, runtime)
+    # only the backbone is compiled (the heads' small solves gain nothing); same parameters
+    step_model = model.with_backbone(maybe_compile(model.backbone, runtime))
     optimizer = build_optimizer(cfg, model)
     scheduler = build_scheduler(cfg, optimizer)
     sampler = EpisodeSampler(
