@@ -9,6 +9,7 @@ rule train:
     output:
         best=RUN_DIR / "best.pt",
         history=RUN_DIR / "history.csv",
+        done=RUN_DIR / "done",
     params:
         settings=run_args,
         runtime=RUNTIME_ARGS,
