@@ -116,7 +116,9 @@ def load_model(
 ) -> tuple[FewShotModel, dict[str, Any]]:
     """Rebuild the checkpoint's model (its own stored settings) and load its weights."""
     state = load_checkpoint(checkpoint, map_location="cpu")
-    model = build_model(state["config"])
+    # the checkpoint has the weights: no need for the backbone's initial weights file
+    settings = {**state["config"], "model": {**state["config"]["model"], "backbone_weights": None}}
+    model = build_model(settings)
     model.load_state_dict(state["model"])
     return place_model(model, runtime), state
 

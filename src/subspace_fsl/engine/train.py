@@ -406,11 +406,11 @@ def train(
             progress.update(episode, {"loss": values["loss"], "val": last_val})
             if validate or episode % settings["checkpoint_every"] == 0:
                 save_state()
-    except BaseException:
+    except BaseException as exc:
         progress.close()
         if isinstance(tracker, tracking.RunTracker):
             try:  # a crash is recorded; a resumed run sets it RUNNING again
-                tracker.finish("FAILED")
+                tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             except Exception:  # the store may be what failed
                 log.exception("could not mark MLflow run %s as failed", tracker.run_id)
         raise
