@@ -20,8 +20,15 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 
 
+# Every model and evaluation is a target too: Snakemake (>= 7.7) does not rebuild a deleted
+# intermediate file while the files made from it are present, so a deleted model is retrained
+# (and only what depends on it re-run) because `all` asks for it.
 rule all:
     input:
+        model_files(),
+        eval_files("val", "summary.json"),
+        eval_files("novel", "summary.json"),
+        paths.selection_path(config),
         table_files(),
         plot_files(),
     default_target: True

@@ -39,6 +39,10 @@ def eval_files(split, name="episodes.csv"):
     ]
 
 
+def model_files():
+    return [paths.run_dir(config, run.method, run.name) / "best.pt" for run in RUNS]
+
+
 def history_files():
     return [paths.run_dir(config, run.method, run.name) / "history.csv" for run in RUNS]
 
