@@ -197,3 +197,22 @@ def test_missing_evaluation_is_named(fabricated):
     (victim / "episodes.csv").unlink()
     with pytest.raises(FileNotFoundError, match=re.escape("w5_k1_S1_l1-0_l2-0.03_seed1")):
         report.load_results(fabricated)
+
+
+def test_cli_select_tables_plots(tmp_path, capsys):
+    from subspace_fsl.cli import main
+
+    cfg = _cfg(tmp_path)
+    _fabricate(cfg)
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(cfg))  # JSON is YAML
+    assert main(["select", "--config", str(config)]) == 0
+    assert paths.selection_path(cfg).is_file()
+    assert main(["tables", "--config", str(config)]) == 0
+    assert main(["plots", "--config", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert str(paths.tables_dir(cfg) / "paired.tex") in printed
+    assert str(paths.plots_dir(cfg) / "training_curves.pdf") in printed
+    assert main(["runs", "--config", str(config)]) == 0
+    runs = capsys.readouterr().out.split()
+    assert len(runs) == len(grid.all_runs(cfg)) and "dsn/w5_k1_S1_l1-0_l2-0.03_seed0" in runs
