@@ -1,0 +1,80 @@
+"""Batched class subspaces for every (subspace, class) pair at once.
+
+For the support columns X of one class (rows of ``x`` [..., K, d]) the class subspace is
+span(X) and its projection P = U U^T with U an orthonormal basis (thin SVD in method.md).
+Without any SVD: with G = X X^T (K x K) and its Cholesky factor L L^T = G + eps I,
+
+    U^T = L^{-1} X            so that   U U^T = X^T (G + eps I)^{-1} X.
+
+In the SVD basis this is sum_k sigma_k^2 / (sigma_k^2 + eps) u_k u_k^T: every direction with
+a non-negligible singular value is kept (error eps / sigma^2) and a direction with sigma = 0
+(a duplicated support image, the mean-centred null direction) adds nothing. This is the
+rank-revealing projection up to O(eps), with eps = 64 * machine-eps * trace(G): the solve has
+smooth gradients where SVD / eigh backward divide by equal singular values (NaN).
+
+Distances: d(q, c) = || q - U_c U_c^T q ||^2, computed on the residual (no cancellation).
+Overlap: ||U_i^T U_j||_F^2 = trace(P_i P_j), the squared cosines of the principal angles.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+JITTER = 64.0  # ridge eps = JITTER * machine-eps * trace(G) on the scale-normalised Gram
+
+
+def class_bases(x: Tensor) -> Tensor:
+    """Row bases U^T [..., K, d] of the class subspaces spanned by the rows of x [..., K, d].
+
+    Rows of the result are orthonormal where x has full rank and vanish along directions
+    x does not span. Works in x's dtype (float32 / float64).
+    """
+    # The projection is scale-invariant, so divide by a detached per-class scale: the Gram
+    # stays near 1 whether features are 1e-6 or 1e6 (no under/overflow in G or its inverse).
+    scale = x.detach().abs().amax(dim=(-2, -1), keepdim=True)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    xn = x / scale
+    gram = xn @ xn.mT
+    k = gram.shape[-1]
+    eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
+    # trace >= 1 unless the class is all zeros; the floor keeps the ridge positive then.
+    trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1.0)[..., None, None]
+    eps = torch.finfo(gram.dtype).eps * JITTER
+    for factor in (1.0, 1e2, 1e4):  # escalate only if rounding made G + eps I indefinite
+        chol, info = torch.linalg.cholesky_ex(gram + (eps * factor) * trace * eye)
+        if not bool(info.any()):
+            break
+    else:
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("support features contain NaN or inf")
+        raise RuntimeError("Cholesky factorisation of the class Gram matrices failed")
+    return torch.linalg.solve_triangular(chol, xn, upper=False)
+
+
+def projection_distances(bases_t: Tensor, queries: Tensor) -> Tensor:
+    """Squared residuals || q - U U^T q ||^2.
+
+    bases_t [S, N, K, d] (from ``class_bases``); queries [S, Q, d] (shared by all classes) or
+    [S, N, Q, d] (one offset per class, e.g. q - mean_c). Returns [S, Q, N].
+    """
+    if queries.dim() == 3:
+        queries = queries.unsqueeze(1)  # [S, 1, Q, d]
+    coefficients = queries @ bases_t.mT  # [S, N, Q, K]
+    residual = queries - coefficients @ bases_t  # [S, N, Q, d]
+    return residual.square().sum(-1).transpose(1, 2)
+
+
+def basis_overlaps(bases_t: Tensor) -> Tensor:
+    """||U_i^T U_j||_F^2 for every pair of classes, [S, N, N] (diagonal = class ranks)."""
+    s, n, k, d = bases_t.shape
+    flat = bases_t.reshape(s, n * k, d)
+    cross = (flat @ flat.mT).reshape(s, n, k, n, k)
+    return cross.square().sum(dim=(2, 4))
+
+
+def off_diagonal_sum(pairs: Tensor) -> Tensor:
+    """Sum of pairs[..., i, j] over i != j (the last two dims)."""
+    n = pairs.shape[-1]
+    mask = ~torch.eye(n, dtype=torch.bool, device=pairs.device)
+    return (pairs * mask).sum()
