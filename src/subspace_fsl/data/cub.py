@@ -142,8 +142,9 @@ def _fetch(url: str, part: Path, size_bytes: int | None, progress: bool, timeout
     if urllib.parse.urlparse(url).scheme == "file":
         source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         total = source.stat().st_size  # FileNotFoundError names the path
+        have = have if have <= total else 0  # a longer .part is not a prefix: start again
         with open(source, "rb") as response:
-            response.seek(min(have, total))
+            response.seek(have)
             _copy(response, part, "ab" if have else "wb", have, size_bytes or total, progress)
         return
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})

@@ -120,8 +120,8 @@ def _jitter(rng: np.random.Generator, colour: Sequence[int], amount: float) -> t
 
 def _draw_background(draw: ImageDraw.ImageDraw, rng: np.random.Generator, side: int) -> None:
     heads = list(HEAD_COLOURS.values())
-    for _ in range(int(rng.integers(8, 16))):
-        if rng.random() < 0.3:  # distractor blobs in the head colours: colour alone is no cue
+    for _ in range(int(rng.integers(6, 12))):
+        if rng.random() < 0.15:  # distractor blobs in the head colours: colour alone is no cue
             colour = _jitter(rng, heads[int(rng.integers(len(heads)))], 25)
         else:
             colour = tuple(int(v) for v in rng.integers(30, 220, 3))
@@ -150,7 +150,7 @@ def render(
     _draw_background(draw, rng, side)
 
     # pose: scale (half body length in pixels), rotation, mirror, position
-    unit = side * rng.uniform(0.13, 0.2)
+    unit = side * rng.uniform(0.15, 0.21)
     angle = rng.uniform(-0.6, 0.6)
     mirror = -1.0 if rng.random() < 0.5 else 1.0
     cx, cy = rng.uniform(0.35, 0.65, 2) * side
@@ -196,12 +196,12 @@ def render(
     draw.polygon(place(_ellipse(1.05, 0.45, 0.36, 0.36, 0, 20)), fill=head)
     draw.polygon(place(_ellipse(1.17, 0.55, 0.07, 0.07, 0, 8)), fill=(10, 10, 10))
 
-    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.2)))
+    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8)))
     image = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
     pixels = np.asarray(image, dtype=np.float32)
-    gain = rng.uniform(0.75, 1.25, 3)  # per-channel colour jitter of the whole photo
+    gain = rng.uniform(0.9, 1.1, 3)  # per-channel colour jitter of the whole photo
     pixels = (pixels - 128) * rng.uniform(0.8, 1.2) + 128 + rng.uniform(-20, 20)
-    pixels = pixels * gain + rng.normal(0, rng.uniform(4, 14), pixels.shape)
+    pixels = pixels * gain + rng.normal(0, rng.uniform(3, 10), pixels.shape)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
     extent = np.concatenate(bird_points) / SUPERSAMPLE
