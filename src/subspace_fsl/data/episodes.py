@@ -163,8 +163,11 @@ class EpisodeLoader:
         self.augment = augment
         self.channels_last = channels_last
         size = int(self.images.shape[-1])
-        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add: x * scale + shift
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+        self.unit_scale = 255.0 * self.scale  # for images already in [0, 1] (augmented)
         self.transform = v2.Compose(
             [
                 v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
@@ -178,10 +181,13 @@ class EpisodeLoader:
         batch = torch.from_numpy(self.images[np.asarray(indices, dtype=np.int64)])
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        batch = batch.to(torch.float32).div_(255.0)
+        batch = batch.to(torch.float32)
         if self.augment:
+            batch = batch.div_(255.0)
             batch = torch.stack([self.transform(image) for image in batch])
-        batch = batch.sub_(self.mean).div_(self.std)
+            batch = batch.mul_(self.unit_scale).add_(self.shift)
+        else:
+            batch = batch.mul_(self.scale).add_(self.shift)
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         return batch
