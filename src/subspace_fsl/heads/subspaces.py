@@ -9,7 +9,7 @@ Without any SVD: with G = X X^T (K x K) and its Cholesky factor L L^T = G + eps 
 In the SVD basis this is sum_k sigma_k^2 / (sigma_k^2 + eps) u_k u_k^T: every direction with
 a non-negligible singular value is kept (error eps / sigma^2) and a direction with sigma = 0
 (a duplicated support image, the mean-centred null direction) adds nothing. This is the
-rank-revealing projection up to O(eps), with eps = 64 * machine-eps * trace(G): the solve has
+rank-revealing projection up to O(eps), with eps = 4 * machine-eps * trace(G): the solve has
 smooth gradients where SVD / eigh backward divide by equal singular values (NaN).
 
 Distances: d(q, c) = || q - U_c U_c^T q ||^2, computed on the residual (no cancellation).
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-JITTER = 64.0  # ridge eps = JITTER * machine-eps * trace(G) on the scale-normalised Gram
+JITTER = 4.0  # ridge eps = JITTER * machine-eps * trace(G) on the scale-normalised Gram
 
 
 def class_bases(x: Tensor) -> Tensor:
