@@ -215,3 +215,31 @@ def test_list_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
     (root / "images.txt").write_text("1\n")
     with pytest.raises(DatasetError, match=r"images.txt, line 1: expected 2 fields"):
         read_cub(root)
+
+
+def test_prepare_cub_from_a_file_url_then_offline(tmp_path: Path) -> None:
+    from subspace_fsl.config import load_config
+    from subspace_fsl.data.cache import ImageCache, prepare
+
+    archive, md5 = make_archive(tmp_path)
+    settings = [
+        "dataset.source=cub",
+        "dataset.name=cub",
+        f"dataset.url={archive.as_uri()}",
+        f"dataset.md5={md5}",
+        f"dataset.size_bytes={archive.stat().st_size}",
+        f"data_dir={tmp_path / 'data'}",
+        f"results_dir={tmp_path / 'results'}",
+        "dataset.image_size=16",
+        "dataset.crop_to_bbox=true",
+    ]
+    cache = ImageCache.open(prepare(load_config(None, settings), workers=1, progress=False))
+    assert cache.images.shape == (6, 3, 16, 16)
+    assert (tmp_path / "data" / "CUB_200_2011.tgz").is_file()
+    assert (tmp_path / "data" / "cub" / "images.txt").is_file()
+    assert cache.class_names == ["001.Bird_1", "002.Bird_2", "003.Bird_3"]
+    # offline: the archive is gone and the URL is unreachable; the extracted folder is used
+    archive.unlink()
+    (tmp_path / "data" / "CUB_200_2011.tgz").unlink()
+    offline = load_config(None, [*settings, "dataset.url=file:///nowhere/CUB_200_2011.tgz"])
+    assert prepare(offline, workers=1, progress=False) == cache.directory
