@@ -110,3 +110,15 @@ def test_cli_overrides_reproduce_the_settings():
     for section in grid.result_settings(run):
         assert rebuilt[section] == run[section]
     assert set(grid.runtime_settings(run)) == set(grid.RUNTIME_SECTIONS)
+
+
+def test_run_settings_ignore_the_rest_of_the_grid():
+    small = _grid_cfg()
+    larger = _grid_cfg(**{"grid.seeds": "[0, 1, 2]", "grid.lambda2": "[0.1, 1]"})
+    name = "w5_k5_S4_l1-0.3_l2-0.1_seed1"
+    assert grid.run_settings(small, "multisubspace", name) == grid.run_settings(
+        larger, "multisubspace", name)
+    assert "grid" not in grid.run_settings(small, "multisubspace", name)
+    changed = _grid_cfg(**{"train.max_episodes": 7})
+    assert grid.run_settings(changed, "multisubspace", name) != grid.run_settings(
+        small, "multisubspace", name)

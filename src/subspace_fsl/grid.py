@@ -117,6 +117,13 @@ def result_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in RUNTIME_SECTIONS}
 
 
+def run_settings(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
+    """What one run's result depends on: :func:`result_settings` of :func:`run_config`
+    without the ``grid`` section (adding a grid value must not re-run the existing cells)."""
+    return {k: v for k, v in result_settings(run_config(cfg, method, name)).items()
+            if k != "grid"}
+
+
 def runtime_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k in RUNTIME_SECTIONS}
 

@@ -26,10 +26,8 @@ wildcard_constraints:
 
 
 def run_args(wildcards):
-    """--set arguments with the complete result settings of one run."""
-    return grid.cli_overrides(
-        grid.result_settings(grid.run_config(config, wildcards.method, wildcards.run))
-    )
+    """--set arguments with the complete result settings of one run (not the grid)."""
+    return grid.cli_overrides(grid.run_settings(config, wildcards.method, wildcards.run))
 
 
 def eval_files(split, name="episodes.csv"):
