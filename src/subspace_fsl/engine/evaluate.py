@@ -149,7 +149,9 @@ def evaluate(
         cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
     )
     way, shot = cfg["train"]["way"], cfg["train"]["shot"]
-    check_head_episode(model, way, shot, "train")
+    check_head_episode(
+        model, way, shot, f"train.way={way}, train.shot={shot}", state["config"]["model"]
+    )
     plan = evaluation_plan(cfg, data, split_name)
     log.info(
         "evaluating %s on %d %s episodes (%d-way %d-shot, %d queries per class)",

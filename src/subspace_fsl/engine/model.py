@@ -55,9 +55,17 @@ def build_model(cfg: Mapping[str, Any]) -> FewShotModel:
     return FewShotModel(backbone, head, feature_dim)
 
 
-def check_head_episode(model: FewShotModel, way: int, shot: int, section: str) -> None:
-    """The head's own check of an episode shape (e.g. subspace_dim <= shot), naming the keys."""
+def check_head_episode(
+    model: FewShotModel, way: int, shot: int, episode: str, settings: Mapping[str, Any]
+) -> None:
+    """The head's own check of an episode shape (e.g. subspace_dim <= shot), naming the keys.
+
+    ``episode`` says where way and shot come from (``"train.way=5, train.shot=1"``);
+    ``settings`` is the ``model`` section the head was built from."""
     try:
         model.head.validate_episode(way, shot)
     except ValueError as exc:
-        raise ValueError(f"{section}.way={way}, {section}.shot={shot}: {exc}") from None
+        head = ", ".join(
+            f"model.{k}={settings[k]!r}" for k in ("head", "n_subspaces", "subspace_dim")
+        )
+        raise ValueError(f"{episode} does not fit {head}: {exc}") from None

@@ -106,7 +106,13 @@ def predict(
     way, shot = len(counts), int(counts.iloc[0])
     if way < 2:
         raise ValueError(f"--support {support_dir} holds {way} class; at least 2 are needed")
-    check_head_episode(model, way, shot, "support")
+    check_head_episode(
+        model,
+        way,
+        shot,
+        f"--support {support_dir} ({way} classes x {shot} images)",
+        state["config"]["model"],
+    )
     class_names = list(counts.index)
     label_of = {name: i for i, name in enumerate(class_names)}
     queries = image_paths(images)

@@ -155,7 +155,8 @@ def check_training_config(cfg: Mapping[str, Any], data: EngineData, model: FewSh
     train = cfg["train"]
     check_episode_fits(data, "base", train["way"], train["shot"], train["query"], "train.query")
     check_episode_fits(data, "val", train["way"], train["shot"], cfg["eval"]["query"], "eval.query")
-    check_head_episode(model, train["way"], train["shot"], "train")
+    way, shot = train["way"], train["shot"]
+    check_head_episode(model, way, shot, f"train.way={way}, train.shot={shot}", cfg["model"])
 
 
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
