@@ -96,14 +96,19 @@ class FewShotHead(nn.Module):
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
-    def check_inputs(
-        self, support: Tensor, labels: Tensor, query: Tensor
-    ) -> tuple[Tensor, int, int]:
+    @staticmethod
+    def check_shapes(support: Tensor, query: Tensor) -> None:
         if support.dim() != 2 or query.dim() != 2 or support.shape[1] != query.shape[1]:
             raise ValueError(
                 "expected support_features [N*K, D] and query_features [Q, D] with the same D; "
                 f"got {tuple(support.shape)} and {tuple(query.shape)}"
             )
+
+    def check_inputs(
+        self, support: Tensor, labels: Tensor, query: Tensor
+    ) -> tuple[Tensor, int, int]:
+        """Shapes and labels; returns ``group_by_class``'s (order, N, K)."""
+        self.check_shapes(support, query)
         return group_by_class(labels, support.shape[0])
 
     def output(self, per_subspace: Tensor, l1: Tensor, l2: Tensor) -> HeadOutput:

@@ -18,6 +18,7 @@ from subspace_fsl.heads.base import (
     HeadOutput,
     compute_dtype,
     full_precision,
+    group_by_class,
     warn,
 )
 from subspace_fsl.heads.subspaces import (
@@ -97,18 +98,24 @@ class MultiSubspaceHead(FewShotHead):
     def forward(
         self, support_features: Tensor, support_labels: Tensor, query_features: Tensor
     ) -> HeadOutput:
-        order, n_way, shot = self.check_inputs(support_features, support_labels, query_features)
+        self.check_shapes(support_features, query_features)
         if support_features.shape[1] != self.in_dim:
             dim = support_features.shape[1]
             raise ValueError(f"features have D = {dim}, head expects in_dim = {self.in_dim}")
-        if self.subspace_dim <= shot:
-            raise ValueError(f"subspace_dim ({self.subspace_dim}) must exceed shot ({shot})")
         n_support = support_features.shape[0]
         z = self.project(torch.cat([support_features, query_features]))
-        dtype = compute_dtype(z)
-        with full_precision(z.device):
-            z = z.to(dtype)
-            support_z, query_z = z[:, :n_support], z[:, n_support:]
+        return self.from_projections(z[:, :n_support], support_labels, z[:, n_support:])
+
+    def from_projections(
+        self, support_z: Tensor, support_labels: Tensor, query_z: Tensor
+    ) -> HeadOutput:
+        """Everything after ``project``: support_z [S, N*K, d], query_z [S, Q, d]."""
+        order, n_way, shot = group_by_class(support_labels, support_z.shape[1])
+        if self.subspace_dim <= shot:
+            raise ValueError(f"subspace_dim ({self.subspace_dim}) must exceed shot ({shot})")
+        dtype = compute_dtype(support_z)
+        with full_precision(support_z.device):
+            support_z, query_z = support_z.to(dtype), query_z.to(dtype)
             classes = support_z[:, order].reshape(self.n_subspaces, n_way, shot, self.subspace_dim)
             bases_t = class_bases(classes)
             per_subspace = projection_distances(bases_t, query_z)
@@ -116,6 +123,6 @@ class MultiSubspaceHead(FewShotHead):
                 pairs = n_way * (n_way - 1) * self.n_subspaces
                 l2 = off_diagonal_sum(basis_overlaps(bases_t)) / pairs
             else:
-                l2 = z.new_zeros(())
+                l2 = support_z.new_zeros(())
             l1 = feature_subspace_diversity(support_z, self.l1_form)
         return self.output(per_subspace, l1, l2)

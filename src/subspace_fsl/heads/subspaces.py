@@ -12,7 +12,9 @@ a non-negligible singular value is kept (error eps / sigma^2) and a direction wi
 rank-revealing projection up to O(eps), with eps = 4 * machine-eps * trace(G): the solve has
 smooth gradients where SVD / eigh backward divide by equal singular values (NaN).
 
-Distances: d(q, c) = || q - U_c U_c^T q ||^2, computed on the residual (no cancellation).
+Distances: d(q, c) = || q - U_c U_c^T q ||^2 = ||q||^2 - ||U_c^T q||^2 (U_c^T q is only
+K numbers per query, so no [S, N, Q, d] residual is formed; rounding leaves an absolute error
+of a few eps * ||q||^2, clamped at 0).
 Overlap: ||U_i^T U_j||_F^2 = trace(P_i P_j), the squared cosines of the principal angles.
 """
 
@@ -33,8 +35,7 @@ def class_bases(x: Tensor) -> Tensor:
     # The projection is scale-invariant, so divide by a detached per-class scale: the Gram
     # stays near 1 whether features are 1e-6 or 1e6 (no under/overflow in G or its inverse).
     scale = x.detach().abs().amax(dim=(-2, -1), keepdim=True)
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    xn = x / scale
+    xn = x / scale.clamp_min(torch.finfo(x.dtype).tiny)  # an all-zero class stays zero
     gram = xn @ xn.mT
     k = gram.shape[-1]
     eye = torch.eye(k, dtype=gram.dtype, device=gram.device)
@@ -61,8 +62,8 @@ def projection_distances(bases_t: Tensor, queries: Tensor) -> Tensor:
     if queries.dim() == 3:
         queries = queries.unsqueeze(1)  # [S, 1, Q, d]
     coefficients = queries @ bases_t.mT  # [S, N, Q, K]
-    residual = queries - coefficients @ bases_t  # [S, N, Q, d]
-    return residual.square().sum(-1).transpose(1, 2)
+    distances = queries.square().sum(-1) - coefficients.square().sum(-1)
+    return distances.clamp_min(0).transpose(1, 2)
 
 
 def basis_overlaps(bases_t: Tensor) -> Tensor:
