@@ -77,6 +77,9 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path: Path, m
     interrupted_at = load_checkpoint(killed / "checkpoint.pt")["episode"]
     assert 0 < interrupted_at < MAX_EPISODES
     run_id = recorded_run_id(killed)
+    # Snakemake deletes an interrupted job's declared outputs before running it again
+    for name in ("best.pt", "history.csv"):
+        (killed / name).unlink(missing_ok=True)
 
     output = finish(start(config, killed))
     assert f"resuming {killed} from episode {interrupted_at}" in output

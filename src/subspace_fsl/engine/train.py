@@ -274,6 +274,9 @@ def train(
         "stopped": None,
         "history": [],
         "window": None,
+        # the best weights also live in checkpoint.pt, so best.pt can always be rewritten
+        # (a workflow manager deletes the outputs of an interrupted job before rerunning it)
+        "best_model": None,
     }
     if (out / CHECKPOINT).is_file():
         saved = load_checkpoint(out / CHECKPOINT, map_location="cpu")
@@ -315,6 +318,18 @@ def train(
     last_val = next(
         (r["val_acc"] for r in reversed(history) if not math.isnan(r["val_acc"])), math.nan
     )
+
+    def save_best() -> None:
+        save_checkpoint(
+            {
+                "config": dict(cfg),
+                "model": state["best_model"],
+                "episode": state["best_episode"],
+                "val_acc": state["best_val_acc"],
+                "feature_dim": model.feature_dim,
+            },
+            out / BEST,
+        )
 
     def save_state() -> None:
         save_checkpoint(
@@ -381,16 +396,11 @@ def train(
                     last_val = summary["mean"]
                     _update_best(state, episode, summary["mean"], settings["patience"])
                     if state["best_episode"] == episode:
-                        save_checkpoint(
-                            {
-                                "config": dict(cfg),
-                                "model": model.state_dict(),
-                                "episode": episode,
-                                "val_acc": summary["mean"],
-                                "feature_dim": model.feature_dim,
-                            },
-                            out / BEST,
-                        )
+                        state["best_model"] = {
+                            k: v.detach().to("cpu", copy=True)
+                            for k, v in model.state_dict().items()
+                        }
+                        save_best()
                     metrics.update(
                         val_acc=summary["mean"],
                         val_ci95=summary["ci95"],
@@ -419,6 +429,7 @@ def train(
     if state["stopped"] is None:
         state["stopped"] = "max_episodes"
     save_state()
+    save_best()
     summary = _final_summary(state, history)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     tracker.log_metrics(
