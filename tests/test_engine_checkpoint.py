@@ -107,3 +107,11 @@ def test_save_is_atomic_old_file_survives_a_failed_write(tmp_path: Path) -> None
     assert load_checkpoint(path)["episode"] == 1
     assert zipfile.is_zipfile(path)
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary left behind
+
+
+def test_a_damaged_checkpoint_is_named_as_damaged(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint({"model": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CheckpointError, match=r"cannot be read \(damaged"):
+        load_checkpoint(path)

@@ -49,12 +49,16 @@ def load_checkpoint(
         raise FileNotFoundError(f"checkpoint {source} does not exist")
     try:
         state = torch.load(source, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError) as exc:
+    except pickle.UnpicklingError as exc:
         # weights_only refuses globals it does not know: the file wants to build or run objects
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(
             f"checkpoint {source} was refused: it is not plain tensors and containers "
             f"(loaded with weights_only=True): {first_line}"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"checkpoint {source} cannot be read (damaged or not a torch file): {exc}"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {source} is not a {FORMAT} checkpoint")
