@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from subspace_fsl.backbones import build_backbone
 from subspace_fsl.data.cache import ImageCache, build_cache, source_stamp
 from subspace_fsl.data.cub import read_cub
 from subspace_fsl.data.episodes import IMAGENET_MEAN, IMAGENET_STD, EpisodeLoader, EpisodeSampler
@@ -135,19 +136,6 @@ def bench_episodes(args: argparse.Namespace, workdir: Path) -> None:
     )
 
 
-def conv4() -> nn.Module:
-    """The usual Conv-4 (64 channels, BN, ReLU, 2x2 max-pool per block), flattened output."""
-    layers: list[nn.Module] = []
-    for channels_in in (3, 64, 64, 64):
-        layers += [
-            nn.Conv2d(channels_in, 64, 3, padding=1),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]
-    return nn.Sequential(*layers, nn.Flatten())
-
-
 def protonet_logits(
     model: nn.Module, support: torch.Tensor, query: torch.Tensor, way: int, shot: int
 ) -> torch.Tensor:
@@ -167,7 +155,7 @@ def bench_difficulty(args: argparse.Namespace, workdir: Path) -> None:
     classes = np.unique(cache.labels)
     base, novel = classes[: len(classes) // 2], classes[len(classes) // 2 :]
     torch.manual_seed(args.seed)
-    model = conv4()
+    model = build_backbone("conv4")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = EpisodeLoader(cache, "cpu", augment=False)
     train = EpisodeSampler(cache.labels, base, args.way, args.shot, args.query, args.seed)
