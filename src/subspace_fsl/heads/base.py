@@ -55,7 +55,7 @@ def group_by_class(labels: Tensor, n_items: int) -> tuple[Tensor, int, int]:
         raise ValueError(f"support_labels must be an integer tensor, got {labels.dtype}")
     if n_items == 0:
         raise ValueError("the support set is empty")
-    low, high = int(labels.min()), int(labels.max())
+    low, high = torch.stack([labels.min(), labels.max()]).tolist()  # one host sync
     if low < 0:
         raise ValueError(f"support_labels must lie in 0..N-1; got label {low}")
     counts = torch.bincount(labels, minlength=high + 1).tolist()
