@@ -307,3 +307,17 @@ def test_validate_episode_warns_when_class_subspaces_cannot_be_orthogonal():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         head.validate_episode(5, 3)
+
+
+def test_degenerate_support_features():
+    support, labels, query = episode(3, 2, 4, 10, seed=6, shuffle=False, dtype=torch.float32)
+    head = make_head(10, 2, 5)
+    zero_class = support.clone()
+    zero_class[:2] = 0  # class 0 is all zeros: its subspace is {0}, distance = ||q_s||^2
+    out = head(zero_class, labels, query)
+    expected = head.project(query).detach().square().sum(-1)  # [S, Q]
+    close(out.per_subspace[:, :, 0], expected, rtol=1e-5)
+    broken = support.clone()
+    broken[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        head(broken, labels, query)
