@@ -504,7 +504,7 @@ def plot_lambda_heatmaps(cfg: Mapping[str, Any], results: pd.DataFrame) -> Any:
     cells = [(w, k, s) for w, k in _way_shots(cfg) for s in cfg["grid"]["n_subspaces"]]
     sns.set_theme(style="white", context="paper")
     fig, axes = plt.subplots(len(cells), 2, figsize=(8.5, 2.6 * len(cells) + 0.6),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for (way, shot, s), pair in zip(cells, axes, strict=True):
         for ax, split in zip(pair, paths.SPLITS, strict=True):
             data = means[(means["split"] == split) & (means["way"] == way)
@@ -518,7 +518,6 @@ def plot_lambda_heatmaps(cfg: Mapping[str, Any], results: pd.DataFrame) -> Any:
             ax.set(title=f"{way_shot_label(way, shot)}, S={s}: {name}", xlabel="λ2",
                    ylabel="λ1")
     fig.suptitle(f"{method}; {split_description(cfg)}", fontsize="small")
-    fig.tight_layout()
     return fig
 
 
