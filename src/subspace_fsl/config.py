@@ -94,7 +94,9 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> Conf
     return result
 
 
-def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, overrides: Iterable[str] = ()
+) -> Config:
     """Load a YAML file (or nothing: all defaults), apply overrides, validate and complete."""
     raw: dict[str, Any] = {}
     source = "defaults"

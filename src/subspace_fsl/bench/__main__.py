@@ -10,7 +10,8 @@ import subspace_fsl.bench as bench_package
 
 
 def available() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(bench_package.__path__) if not m.name.startswith("_"))
+    modules = pkgutil.iter_modules(bench_package.__path__)
+    return sorted(m.name for m in modules if not m.name.startswith("_"))
 
 
 def main(argv: list[str] | None = None) -> int:
