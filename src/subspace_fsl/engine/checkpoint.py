@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from subspace_fsl.config import atomic_open
 
 FORMAT = "subspace-fsl/1"
 
@@ -26,18 +27,8 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, **state}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as handle:
+        torch.save({"format": FORMAT, **state}, handle)
 
 
 def load_checkpoint(
