@@ -16,7 +16,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from subspace_fsl.config import atomic_directory
 from subspace_fsl.data.cub import DatasetError
 from subspace_fsl.data.images import load_image
 
@@ -107,9 +107,7 @@ def build_cache(
         if np.isnan(box_values).any():
             raise DatasetError("crop_to_bbox is set but some records have no bounding box")
         boxes = [tuple(b) for b in box_values]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.build-"))
-    try:
+    with atomic_directory(out_dir) as tmp:
         shape = (len(paths), 3, image_size, image_size)
         images = np.lib.format.open_memmap(
             tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape
@@ -143,14 +141,6 @@ def build_cache(
             "stamp": cache_stamp(source_stamp, image_size, resize, crop_to_bbox),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            shutil.rmtree(old)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

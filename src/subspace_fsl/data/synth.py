@@ -20,8 +20,6 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
+
+from subspace_fsl.config import atomic_directory
 
 GENERATOR_VERSION = 1
 
@@ -275,9 +275,7 @@ def generate(
         )
     combos = choose_combinations(classes, seed)
     names = [class_name(i, parts) for i, parts in enumerate(combos)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_directory(out) as tmp:
         tasks = [
             (tmp, i, names[i], combos[i], images_per_class, size, seed) for i in range(classes)
         ]
@@ -306,10 +304,6 @@ def generate(
             )
         )
         (tmp / "synth.json").write_text(json.dumps(settings(classes, images_per_class, size, seed)))
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
