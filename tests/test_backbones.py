@@ -92,3 +92,33 @@ def test_conv4_round_trips_its_own_weights(tmp_path):
     loaded = build_backbone("conv4", weights=str(path))
     for key, value in source.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_conv4_equals_the_textbook_block_order_in_values_and_gradients():
+    """Conv-4 pools before its ReLU (cheaper); the reference is conv, BN, ReLU, pool."""
+    torch.manual_seed(0)
+    model = build_backbone("conv4").double().train()
+    reference = torch.nn.Sequential(*[
+        layer
+        for i in range(4)
+        for layer in (
+            torch.nn.Conv2d(3 if i == 0 else 64, 64, 3, padding=1),
+            torch.nn.BatchNorm2d(64),
+            torch.nn.ReLU(),
+            torch.nn.MaxPool2d(2),
+        )
+    ]).double().train()
+    with torch.no_grad():  # BN shifts that make many pre-activations negative
+        for layer in model.features:
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                layer.bias.uniform_(-0.5, 0.2)
+    # same weights: conv and BN sit at the same positions (0, 1) of each block of four
+    reference.load_state_dict(model.features.state_dict())
+    images = torch.randn(6, 3, 32, 32, dtype=torch.float64)
+    out, expected = model(images), reference(images).flatten(1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    weights = torch.randn_like(out)
+    grads = torch.autograd.grad((out * weights).sum(), list(model.parameters()))
+    expected_grads = torch.autograd.grad((expected * weights).sum(), list(reference.parameters()))
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)

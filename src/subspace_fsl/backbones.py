@@ -1,6 +1,7 @@
 """Backbones by name: images [B, 3, H, W] -> features [B, D]; ``output_dim(image_size)`` = D.
 
-- ``conv4``: 4 x [conv3x3 64 (padding 1), BatchNorm, ReLU, max-pool 2], flattened:
+- ``conv4``: 4 x [conv3x3 64 (padding 1), BatchNorm, ReLU, max-pool 2], flattened
+  (computed as max-pool then ReLU, the same function and gradients, cheaper):
   D = 64 * (s // 16)^2 for side s (1600 at 84 px).
 - ``resnet12``: the few-shot ResNet-12 (widths 64-160-320-640; each block 3 x conv3x3 + BN +
   LeakyReLU(0.1), a 1x1 conv + BN shortcut, max-pool 2), global average pooling: D = 640.
@@ -50,11 +51,13 @@ class Conv4(Backbone):
         super().__init__()
         blocks = []
         for in_channels in (3, 64, 64, 64):
+            # max-pool before ReLU: relu(max(x)) == max(relu(x)) (both monotone), gradients
+            # included, and the ReLU and its backward then touch a quarter of the values
             blocks += [
                 nn.Conv2d(in_channels, 64, kernel_size=3, padding=1),
                 nn.BatchNorm2d(64),
-                nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
+                nn.ReLU(inplace=True),
             ]
         self.features = nn.Sequential(*blocks)
 
