@@ -43,11 +43,12 @@ class Runtime:
     compile: bool
     progress: str  # bar | log | none (auto resolved)
     malloc_tuned: bool
+    cache_on_device: bool | str = "auto"  # True | False | "auto" (see engine.data.place_cache)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """bf16 autocast on CUDA when ``runtime.amp``; a no-op otherwise."""
+        """bf16 autocast when ``amp`` (``configure`` sets it on CUDA only); a no-op otherwise."""
         if self.amp:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
 
@@ -146,6 +147,7 @@ def configure(cfg: Mapping[str, Any]) -> Runtime:
         compile=bool(settings["compile"]),
         progress=resolve_progress(settings["progress"]),
         malloc_tuned=malloc_tuned,
+        cache_on_device=settings["cache_on_device"],
     )
 
 

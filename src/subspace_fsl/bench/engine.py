@@ -115,7 +115,7 @@ def bench_evaluation(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str,
 def training_stepper(cfg: dict[str, Any]) -> Callable[[], None]:
     """A function running one training episode (sampling, loading, augmenting, step)."""
     from subspace_fsl.data.episodes import EpisodeLoader, EpisodeSampler
-    from subspace_fsl.engine.data import open_data
+    from subspace_fsl.engine.data import open_data, place_cache
     from subspace_fsl.engine.model import build_model
     from subspace_fsl.engine.train import build_optimizer, episode_tensors, train_step
     from subspace_fsl.runtime import configure, place_model
@@ -134,7 +134,8 @@ def training_stepper(cfg: dict[str, Any]) -> Callable[[], None]:
         train["query"],
         train["seed"],
     )
-    loader = EpisodeLoader(data.cache, runtime.device, train["augment"], runtime.channels_last)
+    place_cache(data, runtime)
+    loader = EpisodeLoader(data, runtime.device, train["augment"], runtime.channels_last)
 
     def step() -> None:
         tensors = episode_tensors(loader, sampler.sample(), runtime.device)

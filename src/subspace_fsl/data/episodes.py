@@ -6,11 +6,13 @@ to resume training); ``episode_plan`` fixes a list of evaluation episodes that i
 every method given the seed. ``EpisodeLoader`` turns an episode into normalised float tensors
 on a device with one fancy-index of the uint8 cache per episode.
 
-Augmentation (training only): torchvision.transforms.v2 ``RandomResizedCrop`` (scale 0.6-1),
-``RandomHorizontalFlip`` and ``ColorJitter(0.4, 0.4, 0.4)`` applied image by image on the
-device, so every image gets its own random parameters (v2 draws one set of parameters per
-call; a batched call would give the whole episode the same crop). At 84 px this costs a few
-milliseconds per 100 images, measured by ``python -m subspace_fsl.bench data``.
+Augmentation (training only): random resized crop (scale 0.6-1), horizontal flip and colour
+jitter (0.4, 0.4, 0.4) drawn per image and applied to the whole episode at once on its device
+(``subspace_fsl.data.augment``); ``python -m subspace_fsl.bench data`` prints its cost.
+
+The cache is either the memory-mapped uint8 array (CPU: the OS page cache shares it between
+processes, nothing is copied per worker or job) or a uint8 tensor already on the device
+(``runtime.cache_on_device``, for GPUs: an episode is then one on-device gather).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
+
+from subspace_fsl.data.augment import augment as augment_batch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -148,7 +151,8 @@ def plan_digest(plan: Sequence[Episode]) -> str:
 class EpisodeLoader:
     """Episode -> (support [N*K, 3, H, W], query [N*Q, 3, H, W]) normalised float tensors.
 
-    ``cache`` is an ``ImageCache`` (or anything with a uint8 ``images`` array [n, 3, H, W]).
+    ``cache`` is an ``ImageCache`` (or anything with a uint8 ``images`` [n, 3, H, W]: a numpy
+    array, memory-mapped or not, or a torch tensor, e.g. one already on ``device``).
     """
 
     def __init__(
@@ -162,29 +166,28 @@ class EpisodeLoader:
         self.device = torch.device(device)
         self.augment = augment
         self.channels_last = channels_last
-        size = int(self.images.shape[-1])
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
         # (x / 255 - mean) / std as one multiply-add: x * scale + shift
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
         self.unit_scale = 255.0 * self.scale  # for images already in [0, 1] (augmented)
-        self.transform = v2.Compose(
-            [
-                v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True),
-                v2.RandomHorizontalFlip(),
-                v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-            ]
-        )
+
+    def gather(self, indices: np.ndarray) -> torch.Tensor:
+        """The uint8 images of the given cache rows, on the device."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if isinstance(self.images, torch.Tensor):
+            rows = torch.from_numpy(indices).to(self.images.device)
+            return self.images.index_select(0, rows).to(self.device, non_blocking=True)
+        batch = torch.from_numpy(self.images[indices])
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return batch
 
     def load(self, indices: np.ndarray) -> torch.Tensor:
         """Normalised float images of the given cache indices, on the device."""
-        batch = torch.from_numpy(self.images[np.asarray(indices, dtype=np.int64)])
-        if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        batch = batch.to(torch.float32)
+        batch = self.gather(indices).to(torch.float32)
         if self.augment:
-            batch = batch.div_(255.0)
-            batch = torch.stack([self.transform(image) for image in batch])
+            batch = augment_batch(batch.div_(255.0))
             batch = batch.mul_(self.unit_scale).add_(self.shift)
         else:
             batch = batch.mul_(self.scale).add_(self.shift)

@@ -26,11 +26,18 @@ class EngineData:
     cache: Any  # subspace_fsl.data.cache.ImageCache
     split: dict[str, Any]
     split_file: Path | None = None
+    device_images: torch.Tensor | None = None  # set by place_cache
     _class_ids: dict[str, int] = field(default_factory=dict)
     _loaders: dict[torch.device, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._class_ids = {str(name): i for i, name in enumerate(self.cache.class_names)}
+
+    @property
+    def images(self) -> Any:
+        """What episode loaders read: the uint8 copy on the device when placed, else the
+        memory-mapped cache (an ``EngineData`` can be passed wherever a cache is expected)."""
+        return self.device_images if self.device_images is not None else self.cache.images
 
     @property
     def labels(self) -> np.ndarray:
@@ -57,8 +64,40 @@ class EngineData:
         from subspace_fsl.data.episodes import EpisodeLoader
 
         if device not in self._loaders:
-            self._loaders[device] = EpisodeLoader(self.cache, device, augment=False)
+            self._loaders[device] = EpisodeLoader(self, device, augment=False)
         return self._loaders[device].load(np.asarray(indices, dtype=np.int64))
+
+
+def place_cache(data: EngineData, runtime: Any) -> bool:
+    """Copy the uint8 image cache to the device once, per ``runtime.cache_on_device``.
+
+    ``auto`` does so on CUDA when the cache takes under half of the free device memory (a
+    CUB cache at 84 px is 250 MB); ``true`` insists (on a CPU it copies the memory-mapped
+    cache into this process, which only tests need); ``false`` never. Episodes are then
+    gathered on the device with no host-to-device copy. Returns whether it was placed."""
+    setting = runtime.cache_on_device
+    if setting is False or (setting == "auto" and runtime.device.type != "cuda"):
+        return False
+    if data.device_images is not None and data.device_images.device == runtime.device:
+        return True
+    nbytes = int(np.prod(data.cache.images.shape))
+    if runtime.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(runtime.device)
+        if nbytes > free // 2:
+            message = (
+                f"runtime.cache_on_device={setting!r}: the image cache {data.cache.directory} "
+                f"takes {nbytes / 2**20:.0f} MiB, more than half of the {free / 2**20:.0f} MiB "
+                f"free on {runtime.device}"
+            )
+            if setting == "auto":
+                log.info("%s; reading it from host memory instead", message)
+                return False
+            raise ValueError(f"{message}; set runtime.cache_on_device=auto or false")
+    host = torch.from_numpy(np.array(data.cache.images))  # read the memory map once
+    data.device_images = host.to(runtime.device) if runtime.device.type == "cuda" else host
+    data._loaders.clear()
+    log.info("image cache (%.0f MiB) placed on %s", nbytes / 2**20, runtime.device)
+    return True
 
 
 def resolve_split(

@@ -23,7 +23,7 @@ import torch
 
 from subspace_fsl.config import atomic_write_text, save_config
 from subspace_fsl.engine.checkpoint import load_checkpoint
-from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data
+from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
 from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode
 from subspace_fsl.runtime import Runtime, configure, no_grad_eval, place_model, to_input
 
@@ -153,6 +153,7 @@ def evaluate(
         model, way, shot, f"train.way={way}, train.shot={shot}", state["config"]["model"]
     )
     plan = evaluation_plan(cfg, data, split_name)
+    place_cache(data, runtime)
     log.info(
         "evaluating %s on %d %s episodes (%d-way %d-shot, %d queries per class)",
         checkpoint,

@@ -38,7 +38,7 @@ from subspace_fsl.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data
+from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
 from subspace_fsl.engine.evaluate import episode_accuracies, evaluation_plan, summarise
 from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode
 from subspace_fsl.engine.progress import Progress
@@ -263,7 +263,8 @@ def train(
         settings["query"],
         settings["seed"],
     )
-    loader = EpisodeLoader(data.cache, runtime.device, settings["augment"], runtime.channels_last)
+    place_cache(data, runtime)
+    loader = EpisodeLoader(data, runtime.device, settings["augment"], runtime.channels_last)
     val_plan = evaluation_plan(cfg, data, "val", episodes=settings["val_episodes"])
 
     state: dict[str, Any] = {
