@@ -127,7 +127,7 @@ def bench_episodes(args: argparse.Namespace, workdir: Path) -> None:
     )
     print(f"  decode JPEGs each time : {decoded * 1e3:8.2f} ms")
     print(f"  from the cache         : {cached * 1e3:8.2f} ms")
-    print(f"  from the cache + augment: {augmented * 1e3:7.2f} ms (per-image v2 transforms)")
+    print(f"  from the cache + augment: {augmented * 1e3:7.2f} ms (batched, per-image draws)")
     print(f"  cache speed-up: {decoded / cached:.1f}x")
     size = CUB_IMAGES * 3 * args.image_size * args.image_size
     print(

@@ -112,8 +112,10 @@ def bench_evaluation(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str,
     }
 
 
-def training_stepper(cfg: dict[str, Any]) -> Callable[[], None]:
-    """A function running one training episode (sampling, loading, augmenting, step)."""
+def training_stepper(cfg: dict[str, Any], data: Any = None) -> Callable[[], None]:
+    """A function running one training episode (sampling, loading, augmenting, step).
+
+    ``data`` is an ``EngineData`` (default: the configuration's own, opened here)."""
     from subspace_fsl.data.episodes import EpisodeLoader, EpisodeSampler
     from subspace_fsl.engine.data import open_data, place_cache
     from subspace_fsl.engine.model import build_model
@@ -123,7 +125,7 @@ def training_stepper(cfg: dict[str, Any]) -> Callable[[], None]:
     runtime = configure(cfg)
     torch.manual_seed(0)
     model = place_model(build_model(cfg), runtime)
-    data = open_data(cfg)
+    data = open_data(cfg) if data is None else data
     train = cfg["train"]
     optimizer = build_optimizer(cfg, model)
     sampler = EpisodeSampler(
@@ -146,11 +148,10 @@ def training_stepper(cfg: dict[str, Any]) -> Callable[[], None]:
 
 
 def bench_training(
-    configs: dict[str, dict[str, Any]], episodes: int, warmup: int
+    steppers: dict[str, Callable[[], None]], episodes: int, warmup: int
 ) -> dict[str, tuple[float, float]]:
-    """(wall, CPU) episodes per second of each configuration, their episodes interleaved
+    """(wall, CPU) episodes per second of each stepper, their episodes interleaved
     (A, B, A, B, ...) so that a change in machine load hits all of them alike."""
-    steppers = {name: training_stepper(cfg) for name, cfg in configs.items()}
     wall = dict.fromkeys(steppers, 0.0)
     cpu = dict.fromkeys(steppers, 0.0)
     for i in range(warmup + episodes):
@@ -209,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
 
         rates = bench_training(
             {
-                "multisubspace S=4 d=64": _config(work, args, "multisubspace"),
-                "protonet": _config(work, args, "protonet"),
+                "multisubspace S=4 d=64": training_stepper(_config(work, args, "multisubspace")),
+                "protonet": training_stepper(_config(work, args, "protonet")),
             },
             args.train_episodes,
             args.warmup,

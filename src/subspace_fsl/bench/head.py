@@ -23,8 +23,9 @@ from subspace_fsl.backbones import build_backbone
 from subspace_fsl.heads import MultiSubspaceHead
 
 
-def loop_reference(head: MultiSubspaceHead, z_support: Tensor, labels: Tensor,
-                   z_query: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def loop_reference(
+    head: MultiSubspaceHead, z_support: Tensor, labels: Tensor, z_query: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """logits, L1, L2 from projections [S, n, d] with one thin SVD per (subspace, class):
     the literal method.md form."""
     n_way, n_sub = int(labels.max()) + 1, head.n_subspaces
@@ -42,25 +43,33 @@ def loop_reference(head: MultiSubspaceHead, z_support: Tensor, labels: Tensor,
             columns.append(residual.square().sum(-1))
         bases.append(bases_s)
         distances.append(torch.stack(columns, dim=1))
-    l2 = sum((bases[s][i].T @ bases[s][j]).square().sum()
-             for s in range(n_sub) for i in range(n_way) for j in range(n_way) if i != j)
+    l2 = sum(
+        (bases[s][i].T @ bases[s][j]).square().sum()
+        for s in range(n_sub)
+        for i in range(n_way)
+        for j in range(n_way)
+        if i != j
+    )
     l1 = z_support.new_zeros(())
     for i in range(n_sub):
         for j in range(n_sub):
             if i != j:
                 zi, zj = z_support[i], z_support[j]
                 rho = (zi @ zj.T).square().sum() / (
-                    torch.linalg.norm(zi @ zi.T) * torch.linalg.norm(zj @ zj.T))
+                    torch.linalg.norm(zi @ zi.T) * torch.linalg.norm(zj @ zj.T)
+                )
                 l1 = l1 + rho
     logits = -torch.stack(distances).sum(0) / head.tau
     return logits, l1 / (n_sub * (n_sub - 1)), l2 / (n_sub * n_way * (n_way - 1))
 
 
-def median_seconds(steps: Sequence[Callable[[], None]], repeats: int,
-                   device: torch.device, blocks: int = 5) -> list[float]:
+def median_seconds(
+    steps: Sequence[Callable[[], None]], repeats: int, device: torch.device, blocks: int = 5
+) -> list[float]:
     """Median wall time of each step. The steps take turns in blocks of repeats / blocks
     calls, so they all see the same machine load without running right after each other
     (a LAPACK call's spinning worker threads would slow the next step down)."""
+
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -80,8 +89,11 @@ def median_seconds(steps: Sequence[Callable[[], None]], repeats: int,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m subspace_fsl.bench head", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m subspace_fsl.bench head",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--repeats", type=int, default=10, help="timed whole episodes")
     parser.add_argument("--head-repeats", type=int, default=200, help="timed head-only steps")
@@ -128,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         def step() -> None:
             head.zero_grad(set_to_none=True)
             loss_of(inputs.detach().requires_grad_()).backward()
+
         return step
 
     def episode_step() -> None:
@@ -136,22 +149,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         batched_head(backbone(images)).backward()
 
     with torch.no_grad():  # the two forms compute the same loss
-        same = torch.allclose(batched_subspaces(projections), looped_subspaces(projections),
-                              rtol=1e-4, atol=1e-4)
+        same = torch.allclose(
+            batched_subspaces(projections), looped_subspaces(projections), rtol=1e-4, atol=1e-4
+        )
     batched, looped = median_seconds(
         [step_on(batched_subspaces, projections), step_on(looped_subspaces, projections)],
-        args.head_repeats, device)
+        args.head_repeats,
+        device,
+    )
     whole_head, episode = median_seconds(
-        [step_on(batched_head, features), episode_step], args.repeats, device, blocks=2)
+        [step_on(batched_head, features), episode_step], args.repeats, device, blocks=2
+    )
     speedup, share = looped / batched, whole_head / episode
-    print(f"device {device}, torch threads {torch.get_num_threads()}, {args.way}-way "
-          f"{args.shot}-shot, {args.query} queries/class, S={args.subspaces}, d={args.dim}, "
-          f"Conv-4 at {args.image_size}px (D={in_dim}); forward+backward, median of "
-          f"{args.head_repeats} (a) / {args.repeats} (b) repeats taken in alternating blocks")
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, {args.way}-way "
+        f"{args.shot}-shot, {args.query} queries/class, S={args.subspaces}, d={args.dim}, "
+        f"Conv-4 at {args.image_size}px (D={in_dim}); forward+backward, median of "
+        f"{args.head_repeats} (a) / {args.repeats} (b) repeats taken in alternating blocks"
+    )
     print(f"losses agree (batched vs per-class SVD loop): {same}")
-    print(f"(a) batched head {batched * 1e3:8.2f} ms | per-class SVD loop {looped * 1e3:8.2f} ms"
-          f" | speed-up {speedup:6.1f}x (target >= 5x: {'met' if speedup >= 5 else 'NOT met'})")
-    print(f"(b) head with its Linear {whole_head * 1e3:8.2f} ms | whole episode "
-          f"{episode * 1e3:8.2f} ms | head share {100 * share:5.1f}%"
-          f" (target < 10%: {'met' if share < 0.10 else 'NOT met'})")
+    print(
+        f"(a) batched head {batched * 1e3:8.2f} ms | per-class SVD loop {looped * 1e3:8.2f} ms"
+        f" | speed-up {speedup:6.1f}x (target >= 5x: {'met' if speedup >= 5 else 'NOT met'})"
+    )
+    print(
+        f"(b) head with its Linear {whole_head * 1e3:8.2f} ms | whole episode "
+        f"{episode * 1e3:8.2f} ms | head share {100 * share:5.1f}%"
+        f" (target < 10%: {'met' if share < 0.10 else 'NOT met'})"
+    )
     return 0 if same else 1

@@ -129,19 +129,31 @@ def build_cache(
             }
         )
         index.to_csv(tmp / "index.csv", index=False)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "shape": list(shape),
-            "dtype": "uint8",
-            "image_size": image_size,
-            "resize": resize,
-            "crop_to_bbox": bool(crop_to_bbox),
-            "source_stamp": source_stamp,
-            "data_root": str(root),
-            "stamp": cache_stamp(source_stamp, image_size, resize, crop_to_bbox),
-        }
+        meta = cache_meta(shape, resize, crop_to_bbox, source_stamp, root)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return out_dir
+
+
+def cache_meta(
+    shape: tuple[int, ...],
+    resize: int,
+    crop_to_bbox: bool,
+    source_stamp: str,
+    root: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """The ``meta.json`` of a cache of uint8 images ``shape`` = [n, 3, size, size]."""
+    image_size = int(shape[-1])
+    return {
+        "format_version": FORMAT_VERSION,
+        "shape": list(shape),
+        "dtype": "uint8",
+        "image_size": image_size,
+        "resize": resize,
+        "crop_to_bbox": bool(crop_to_bbox),
+        "source_stamp": source_stamp,
+        "data_root": str(root),
+        "stamp": cache_stamp(source_stamp, image_size, resize, crop_to_bbox),
+    }
 
 
 def _decoded(
