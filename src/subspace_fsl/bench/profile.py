@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from torch.profiler import ProfilerActivity, profile
 
 PHASES = ("step/load+augment", "step/forward", "step/backward", "step/optimizer")
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shot", type=int, default=5)
     parser.add_argument("--query", type=int, default=16)
     parser.add_argument("--episodes", type=int, default=5, help="profiled steps")
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=6, help="untimed steps (heap growth)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-malloc-tuning", action="store_true")
@@ -66,9 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         activities = [ProfilerActivity.CPU]
         if cfg["runtime"]["device"].startswith("cuda"):
             activities.append(ProfilerActivity.CUDA)
-        with profile(activities=activities) as prof:
-            for _ in range(profiled):
+        # the profiler's own warm-up steps first: its buffers must not grow the heap while
+        # the recorded steps run (that would put page faults back into the picture)
+        schedule = torch.profiler.schedule(wait=1, warmup=3, active=profiled)
+        with profile(activities=activities, schedule=schedule) as prof:
+            for _ in range(1 + 3 + profiled):
                 step()
+                prof.step()
     if args.trace:
         prof.export_chrome_trace(str(args.trace))
     events = prof.key_averages()

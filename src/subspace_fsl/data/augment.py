@@ -7,8 +7,8 @@ small transform call per image:
 
 - **random resized crop** (area ``scale`` = 0.6-1 of the image, aspect ``ratio`` 3/4-4/3,
   torchvision's rule: up to 10 draws, the first that fits is used, else the whole image) and
-  **horizontal flip** (p = 0.5) are one affine sampling grid per image,
-  ``F.grid_sample(images, F.affine_grid(theta))`` with bilinear interpolation;
+  **horizontal flip** (p = 0.5) are one sampling grid per image (a scaled, shifted, maybe
+  mirrored copy of the pixel centres), ``F.grid_sample`` with bilinear interpolation;
 - **colour jitter** with factors ``b, c, s`` drawn uniformly from [1 - 0.4, 1 + 0.4], applied
   in the fixed order brightness, contrast, saturation (torchvision shuffles the order per
   call), each clamped to [0, 1] as torchvision does::
@@ -83,18 +83,23 @@ def draw_params(
 def crop_and_flip(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     """Resample each image's crop box to the full size, mirrored where ``flip``: one grid_sample.
 
-    In ``affine_grid``'s coordinates (-1..1 spans the image's pixel edges) the box is centred at
-    ``2 (left + width / 2) - 1`` with half-extent ``width``; a flip negates the x scale."""
-    n = images.shape[0]
+    In ``grid_sample``'s coordinates (-1..1 spans the image's pixel edges) output pixel centre
+    ``u`` reads input ``x = w u sign + 2 left + w - 1`` (``sign`` = -1 mirrors), likewise for
+    ``y``. The grid is separable, so it is built from two 1-D rows instead of ``affine_grid``
+    (8x cheaper on a CPU)."""
+    n, _, height, width = images.shape
     box = params.box.to(images.device, images.dtype)
-    left, top, w, h = box.unbind(dim=1)
-    sign = 1.0 - 2.0 * params.flip.to(images.device, images.dtype)
-    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = w * sign
-    theta[:, 0, 2] = 2 * left + w - 1
-    theta[:, 1, 1] = h
-    theta[:, 1, 2] = 2 * top + h - 1
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    left, top, w, h = (v.unsqueeze(1) for v in box.unbind(dim=1))
+    sign = 1.0 - 2.0 * params.flip.to(images.device, images.dtype).unsqueeze(1)
+
+    def centres(size: int) -> torch.Tensor:
+        return (torch.arange(size, device=images.device, dtype=images.dtype) * 2 + 1) / size - 1
+
+    grid_x = (w * sign) * centres(width) + (2 * left + w - 1)  # [n, W]
+    grid_y = h * centres(height) + (2 * top + h - 1)  # [n, H]
+    grid = torch.stack(
+        torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1
+    )  # [n, H, W, 2] as (x, y)
     return F.grid_sample(
         images, grid, mode="bilinear", padding_mode="border", align_corners=False
     )
