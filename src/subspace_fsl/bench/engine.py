@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from subspace_fsl.bench._common import episode_settings, sync
 from subspace_fsl.config import load_config
 
 
@@ -36,24 +37,11 @@ def _config(work: Path, args: argparse.Namespace, head: str) -> dict[str, Any]:
             f"dataset.synthetic.classes={args.classes}",
             f"dataset.synthetic.images_per_class={args.images_per_class}",
             f"split.counts={[0.5, 0.25, 0.25]}",
-            f"model.head={head}",
-            "model.n_subspaces=4",
-            "model.subspace_dim=64",
-            f"train.way={args.way}",
-            f"train.shot={args.shot}",
-            f"train.query={args.query}",
             f"eval.query={args.query}",
             f"eval.episodes={args.episodes}",
-            f"runtime.device={args.device}",
-            "runtime.progress=none",
-            *([f"runtime.threads={args.threads}"] if args.threads else []),
+            *episode_settings(head, args.way, args.shot, args.query, args.device, args.threads),
         ],
     )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_evaluation(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
@@ -74,10 +62,10 @@ def bench_evaluation(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str,
     )
     episode_accuracies(model, data, plan[:2], cfg["eval"]["batch_size"], runtime)  # warm-up
 
-    _sync(runtime.device)
+    sync(runtime.device)
     start = time.perf_counter()
     cached = episode_accuracies(model, data, plan, cfg["eval"]["batch_size"], runtime)
-    _sync(runtime.device)
+    sync(runtime.device)
     cached_s = time.perf_counter() - start
 
     subset = plan[: args.reembed_episodes]
@@ -85,7 +73,7 @@ def bench_evaluation(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str,
         data.cache, runtime.device, augment=False, channels_last=runtime.channels_last
     )
     reembedded = np.empty(len(subset))
-    _sync(runtime.device)
+    sync(runtime.device)
     start = time.perf_counter()
     with no_grad_eval(model):
         for i, episode in enumerate(subset):
@@ -97,7 +85,7 @@ def bench_evaluation(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str,
                 features[: len(support)], support_labels, features[len(support) :]
             ).logits
             reembedded[i] = (logits.argmax(1) == query_labels).float().mean().item()
-    _sync(runtime.device)
+    sync(runtime.device)
     subset_s = time.perf_counter() - start
     return {
         "episodes": len(plan),
@@ -116,33 +104,19 @@ def training_stepper(cfg: dict[str, Any], data: Any = None) -> Callable[[], None
     """A function running one training episode (sampling, loading, augmenting, step).
 
     ``data`` is an ``EngineData`` (default: the configuration's own, opened here)."""
-    from subspace_fsl.data.episodes import EpisodeLoader, EpisodeSampler
-    from subspace_fsl.engine.data import open_data, place_cache
+    from subspace_fsl.engine.data import open_data
     from subspace_fsl.engine.model import build_model
-    from subspace_fsl.engine.train import build_optimizer, episode_tensors, train_step
-    from subspace_fsl.runtime import configure, place_model
+    from subspace_fsl.engine.train import EpisodeTrainer
+    from subspace_fsl.runtime import configure
 
     runtime = configure(cfg)
     torch.manual_seed(0)
-    model = place_model(build_model(cfg), runtime)
     data = open_data(cfg) if data is None else data
-    train = cfg["train"]
-    optimizer = build_optimizer(cfg, model)
-    sampler = EpisodeSampler(
-        data.labels,
-        data.split_classes("base"),
-        train["way"],
-        train["shot"],
-        train["query"],
-        train["seed"],
-    )
-    place_cache(data, runtime)
-    loader = EpisodeLoader(data, runtime.device, train["augment"], runtime.channels_last)
+    trainer = EpisodeTrainer(cfg, data, build_model(cfg), runtime)
 
     def step() -> None:
-        tensors = episode_tensors(loader, sampler.sample(), runtime.device)
-        train_step(model, optimizer, *tensors, train["lambda1"], train["lambda2"], runtime)
-        _sync(runtime.device)
+        trainer.step()
+        sync(runtime.device)
 
     return step
 

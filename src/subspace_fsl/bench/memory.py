@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from subspace_fsl.bench._common import episode_settings
 from subspace_fsl.config import atomic_directory, atomic_write_text
 
 CUB_IMAGES, CUB_CLASSES = 11_788, 200
@@ -109,15 +110,9 @@ def measure(cache_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
         None,
         [
             f"dataset.image_size={args.size}",
-            "model.head=multisubspace",
-            "model.n_subspaces=4",
-            "model.subspace_dim=64",
-            "runtime.device=cpu",
-            "runtime.progress=none",
             f"runtime.cache_on_device={str(args.copy).lower()}",
             f"runtime.malloc_tuning={str(not args.no_malloc_tuning).lower()}",
-            "train.query=16",
-            *([f"runtime.threads={args.threads}"] if args.threads else []),
+            *episode_settings("multisubspace", 5, 5, 16, "cpu", args.threads),
         ],
     )
     before = process_memory()

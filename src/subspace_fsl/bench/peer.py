@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subspace_fsl.bench.engine import _sync, bench_training, training_stepper
+from subspace_fsl.bench._common import episode_settings, sync
+from subspace_fsl.bench.engine import bench_training, training_stepper
 
 TARGETS = {"train_vs_peer": 2.6, "train_vs_floor": 1.2, "train_eps": 2.0, "eval_vs_peer": 20.0}
 
@@ -71,8 +72,11 @@ def dataset(args: argparse.Namespace, work: Path) -> tuple[pd.DataFrame, Path]:
     return records[records["class_id"].isin(keep)].reset_index(drop=True), root
 
 
-def our_data(records: pd.DataFrame, root: Path, work: Path, args: argparse.Namespace) -> Any:
-    """The image cache of the records (timed: a one-off ``prepare`` step shared by all runs)."""
+def our_data(
+    records: pd.DataFrame, root: Path, work: Path, args: argparse.Namespace
+) -> tuple[Any, float]:
+    """The records' image cache as ``EngineData``, and the seconds it took to build (a
+    one-off ``prepare`` step that every run of the workflow shares)."""
     from subspace_fsl.data.cache import ImageCache, build_cache, source_stamp
     from subspace_fsl.engine.data import EngineData
 
@@ -85,8 +89,7 @@ def our_data(records: pd.DataFrame, root: Path, work: Path, args: argparse.Names
     cache = ImageCache.open(directory)
     names = [str(n) for n in cache.class_names]
     data = EngineData(cache=cache, split={"rule": "all", "base": names, "val": [], "novel": names})
-    data.cache_build_s = built_s  # type: ignore[attr-defined]
-    return data
+    return data, built_s
 
 
 # --- easyfsl ---------------------------------------------------------------------------------
@@ -163,7 +166,7 @@ def easyfsl_training(
     started = time.perf_counter()
     for i, (support, support_labels, query, query_labels, _) in enumerate(loader):
         if i == args.warmup:
-            _sync(device)
+            sync(device)
             started = time.perf_counter()
         if channels_last:
             support = support.contiguous(memory_format=torch.channels_last)
@@ -176,7 +179,7 @@ def easyfsl_training(
         loss.backward()
         optimizer.step()
         loss.item()
-    _sync(device)
+    sync(device)
     return {"episodes_per_s": episodes / (time.perf_counter() - started), "shim": shimmed}
 
 
@@ -216,19 +219,11 @@ def our_config(args: argparse.Namespace, head: str) -> dict[str, Any]:
         [
             f"dataset.image_size={args.size}",
             f"model.backbone={args.backbone}",
-            f"model.head={head}",
-            "model.n_subspaces=4",
-            "model.subspace_dim=64",
-            f"train.way={args.way}",
-            f"train.shot={args.shot}",
-            f"train.query={args.query}",
             f"eval.query={args.eval_query}",
             f"eval.episodes={args.eval_episodes}",
-            f"runtime.device={args.device}",
-            "runtime.progress=none",
             f"runtime.compile={str(args.compile).lower()}",
             f"runtime.amp={str(args.amp).lower()}",
-            *([f"runtime.threads={args.threads}"] if args.threads else []),
+            *episode_settings(head, args.way, args.shot, args.query, args.device, args.threads),
         ],
     )
 
@@ -246,17 +241,17 @@ def our_evaluation(cfg: dict[str, Any], data: Any) -> dict[str, Any]:
     plan = evaluation_plan(cfg, data, "novel")
     batch = cfg["eval"]["batch_size"]
     episode_accuracies(model, data, plan[:2], batch, runtime)  # warm-up (allocations, kernels)
-    _sync(runtime.device)
+    sync(runtime.device)
     started = time.perf_counter()
     place_cache(data, runtime)
     accuracies = episode_accuracies(model, data, plan, batch, runtime)
-    _sync(runtime.device)
+    sync(runtime.device)
     seconds = time.perf_counter() - started
     # the embedding's share, timed apart
     every_image = np.arange(len(data.labels))
     started = time.perf_counter()
     embed_images(model, data, every_image, batch, runtime)
-    _sync(runtime.device)
+    sync(runtime.device)
     return {
         "seconds": seconds,
         "embed_s": time.perf_counter() - started,
@@ -307,10 +302,10 @@ def sustained_rate(cfg: dict[str, Any], batch: int, repeats: int) -> dict[str, f
     flops = float(counter.get_total_flops())
     times = []
     for _ in range(repeats):
-        _sync(runtime.device)
+        sync(runtime.device)
         started = time.perf_counter()
         forward_backward()
-        _sync(runtime.device)
+        sync(runtime.device)
         times.append(time.perf_counter() - started)
     seconds = float(np.median(times))
     return {"flops": flops, "seconds": seconds, "rate": flops / seconds, "batch": batch}
@@ -407,12 +402,14 @@ def targets(results: dict[str, Any]) -> dict[str, bool]:
     method = min(train["multisubspace"]["episodes_per_s"], train["protonet"]["episodes_per_s"])
     floor = results["floor"]["episodes_per_s"]
     checks = {
-        f"training >= {TARGETS['train_eps']} episodes/s: {method:.2f}": method
-        >= TARGETS["train_eps"],
         f"training within {TARGETS['train_vs_floor']}x of the floor: {floor / method:.2f}x": (
             floor / method <= TARGETS["train_vs_floor"]
         ),
     }
+    if results["setting"]["backbone"] == "conv4":  # the episodes/s target is Conv-4's
+        checks[f"training >= {TARGETS['train_eps']} episodes/s: {method:.2f}"] = (
+            method >= TARGETS["train_eps"]
+        )
     if "easyfsl" in train:
         peer = train["easyfsl"]["episodes_per_s"]
         peer_eval = ev["easyfsl"]["seconds"]
@@ -533,8 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                     "benchmark drops that argument while building it (task_sampler_shim)"
                 )
         print("timing subspace-fsl...", flush=True)
-        data = our_data(records, root, work, args)
-        results["cache_build_s"] = data.cache_build_s
+        data, results["cache_build_s"] = our_data(records, root, work, args)
         configs = {head: our_config(args, head) for head in ("protonet", "multisubspace")}
         # the floor first, while this package's allocator heap is fresh
         episode_images = args.way * (args.shot + args.query)

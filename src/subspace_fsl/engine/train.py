@@ -156,6 +156,52 @@ def episode_tensors(
     )
 
 
+class EpisodeTrainer:
+    """What one training episode needs, built once: the placed model (and its training view,
+    with the backbone compiled when ``runtime.compile``), optimiser, scheduler, the base
+    split's episode sampler and the episode loader (cache placed per the runtime).
+
+    ``step()`` draws an episode, loads (and augments) it and takes one optimiser step; the
+    scheduler is the caller's (it steps per episode, after the bookkeeping)."""
+
+    def __init__(
+        self, cfg: Mapping[str, Any], data: EngineData, model: FewShotModel, runtime: Runtime
+    ) -> None:
+        from subspace_fsl.data.episodes import EpisodeLoader, EpisodeSampler
+
+        settings = cfg["train"]
+        self.settings, self.runtime = settings, runtime
+        self.model = place_model(model, runtime)
+        # only the backbone is compiled (the heads' small solves gain nothing); same weights
+        self.step_model = self.model.with_backbone(maybe_compile(self.model.backbone, runtime))
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.sampler = EpisodeSampler(
+            data.labels,
+            data.split_classes("base"),
+            settings["way"],
+            settings["shot"],
+            settings["query"],
+            settings["seed"],
+        )
+        place_cache(data, runtime)
+        self.loader = EpisodeLoader(
+            data, runtime.device, settings["augment"], runtime.channels_last
+        )
+
+    def step(self) -> dict[str, float]:
+        """One episode: sample, load, augment, forward, backward, optimiser step."""
+        tensors = episode_tensors(self.loader, self.sampler.sample(), self.runtime.device)
+        return train_step(
+            self.step_model,
+            self.optimizer,
+            *tensors,
+            self.settings["lambda1"],
+            self.settings["lambda2"],
+            self.runtime,
+        )
+
+
 def check_training_config(cfg: Mapping[str, Any], data: EngineData, model: FewShotModel) -> None:
     """Every episode shape the run will use fits its split and its head; else name the key."""
     train = cfg["train"]
@@ -254,23 +300,13 @@ def train(
     if cfg["tracking"]["enabled"]:
         tracking.tracking_uri(cfg)  # refuse a bad URI before any work
 
-    from subspace_fsl.data.episodes import EpisodeLoader, EpisodeSampler
-
-    model = place_model(model, runtime)
-    # only the backbone is compiled (the heads' small solves gain nothing); same parameters
-    step_model = model.with_backbone(maybe_compile(model.backbone, runtime))
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_scheduler(cfg, optimizer)
-    sampler = EpisodeSampler(
-        data.labels,
-        data.split_classes("base"),
-        settings["way"],
-        settings["shot"],
-        settings["query"],
-        settings["seed"],
+    parts = EpisodeTrainer(cfg, data, model, runtime)
+    model, optimizer, scheduler, sampler = (
+        parts.model,
+        parts.optimizer,
+        parts.scheduler,
+        parts.sampler,
     )
-    place_cache(data, runtime)
-    loader = EpisodeLoader(data, runtime.device, settings["augment"], runtime.channels_last)
     val_plan = evaluation_plan(cfg, data, "val", episodes=settings["val_episodes"])
 
     state: dict[str, Any] = {
@@ -358,20 +394,7 @@ def train(
     started = time.monotonic()
     try:
         for episode in _episodes(state, settings["max_episodes"]):
-            support, support_labels, query, query_labels = episode_tensors(
-                loader, sampler.sample(), runtime.device
-            )
-            values = train_step(
-                step_model,
-                optimizer,
-                support,
-                support_labels,
-                query,
-                query_labels,
-                settings["lambda1"],
-                settings["lambda2"],
-                runtime,
-            )
+            values = parts.step()
             if not all(math.isfinite(v) for v in values.values()):
                 raise FloatingPointError(
                     f"non-finite training values {values} at episode {episode}; "
