@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint install clean-venv
+.PHONY: test demo lint install bench bench-gpu clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,22 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/ruff check src tests workflow
 	cd $(CURDIR) && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint --profile profiles/demo
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/demo
+
+# the performance benchmark against easyfsl and the compute floor (README "Performance", ~3 min)
+bench: $(STAMP)
+	$(BIN)/python -m subspace_fsl.bench peer
+
+# the same on a GPU, Conv-4 (with easyfsl) and ResNet-12, bf16 autocast (a few minutes)
+bench-gpu: $(STAMP)
+	$(BIN)/python -m subspace_fsl.bench peer --device cuda --amp --peer-eval-episodes 50 \
+		--json results/bench/peer-gpu-conv4.json
+	$(BIN)/python -m subspace_fsl.bench peer --device cuda --amp --backbone resnet12 --skip-peer \
+		--json results/bench/peer-gpu-resnet12.json
 
 clean-venv:
 	rm -rf $(VENV)
