@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import Sampler
 
 from subspace_fsl.bench import memory, peer
+from subspace_fsl.bench._common import every_class_data
 from subspace_fsl.config import load_config
 from subspace_fsl.data.cache import ImageCache
 from subspace_fsl.engine.data import EngineData
@@ -72,10 +73,7 @@ def _conv4_step_flops(images: int, side: int) -> float:
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> EngineData:
     cache = memory.write_random_cache(tmp_path_factory.mktemp("bench") / "cache", 120, 6, 32)
-    opened = ImageCache.open(cache)
-    names = [str(n) for n in opened.class_names]
-    return EngineData(cache=opened, split={"rule": "all", "base": names, "val": [],
-                                           "novel": names})
+    return every_class_data(ImageCache.open(cache))
 
 
 def test_step_flops_equal_the_analytic_conv4_count_plus_a_small_head(tiny_data) -> None:
@@ -149,3 +147,25 @@ def test_a_tiny_peer_run_writes_every_figure(tmp_path: Path, capsys) -> None:
     assert "easyfsl ProtoNet as shipped" in printed and "compute floor" in printed
     assert f"written to {out}" in printed
     assert torch.get_num_threads() == 1
+
+
+def test_an_error_inside_the_shim_propagates_and_torch_is_restored() -> None:
+    original = Sampler.__init__
+    with pytest.raises(TypeError, match="raised by the caller"), peer.task_sampler_shim():
+        raise TypeError("raised by the caller")
+    assert Sampler.__init__ is original
+
+
+def test_on_a_torch_that_accepts_data_source_the_shim_does_nothing_and_hides_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def old_torch_init(self, data_source=None) -> None:  # torch < 2.2's signature
+        pass
+
+    monkeypatch.setattr(Sampler, "__init__", old_torch_init)
+    with peer.task_sampler_shim() as applied:
+        assert not applied
+        _TaskSamplerLike()
+    assert Sampler.__init__ is old_torch_init
+    with pytest.raises(TypeError, match="raised by the caller"), peer.task_sampler_shim():
+        raise TypeError("raised by the caller")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 # the method as benchmarked everywhere: S = 4 feature subspaces of dimension d = 64
@@ -28,3 +30,12 @@ def sync(device: torch.device) -> None:
     """Wait for queued CUDA work, so that wall-clock timings include it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def every_class_data(cache: Any) -> Any:
+    """``EngineData`` over an opened image cache whose base and novel splits both hold every
+    class (benchmarks measure speed, not generalisation; there is no validation split)."""
+    from subspace_fsl.engine.data import EngineData
+
+    names = [str(n) for n in cache.class_names]
+    return EngineData(cache=cache, split={"rule": "all", "base": names, "val": [], "novel": names})

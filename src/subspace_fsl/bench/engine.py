@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,10 @@ from subspace_fsl.bench._common import episode_settings, sync
 from subspace_fsl.config import load_config
 
 
-def _config(work: Path, args: argparse.Namespace, head: str) -> dict[str, Any]:
+def _config(
+    work: Path, args: argparse.Namespace, head: str, extra: Sequence[str] = ()
+) -> dict[str, Any]:
+    """The benchmark's synthetic configuration; ``extra`` are further ``--set`` overrides."""
     return load_config(
         None,
         [
@@ -40,6 +43,7 @@ def _config(work: Path, args: argparse.Namespace, head: str) -> dict[str, Any]:
             f"eval.query={args.query}",
             f"eval.episodes={args.episodes}",
             *episode_settings(head, args.way, args.shot, args.query, args.device, args.threads),
+            *extra,
         ],
     )
 

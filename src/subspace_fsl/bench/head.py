@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from subspace_fsl.backbones import build_backbone
+from subspace_fsl.bench._common import sync
 from subspace_fsl.heads import MultiSubspaceHead
 
 
@@ -70,19 +71,15 @@ def median_seconds(
     calls, so they all see the same machine load without running right after each other
     (a LAPACK call's spinning worker threads would slow the next step down)."""
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     per_block = max(1, repeats // blocks)
     times: list[list[float]] = [[] for _ in steps]
     for _ in range(blocks):
         for step, record in zip(steps, times, strict=True):
             for call in range(per_block + 2):  # 2 warm-up calls (allocator, kernels, threads)
-                sync()
+                sync(device)
                 start = time.perf_counter()
                 step()
-                sync()
+                sync(device)
                 if call >= 2:
                     record.append(time.perf_counter() - start)
     return [statistics.median(record) for record in times]

@@ -17,17 +17,19 @@ per-job copy would cost); ``--compare`` runs both, each in a fresh process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from subspace_fsl.bench._common import episode_settings
+from subspace_fsl.bench._common import episode_settings, every_class_data
 from subspace_fsl.config import atomic_directory, atomic_write_text
 
 CUB_IMAGES, CUB_CLASSES = 11_788, 200
@@ -101,11 +103,9 @@ def measure(cache_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     from subspace_fsl.bench.engine import training_stepper
     from subspace_fsl.config import load_config
     from subspace_fsl.data.cache import ImageCache
-    from subspace_fsl.engine.data import EngineData
 
     cache = ImageCache.open(cache_dir)
-    names = [str(n) for n in cache.class_names]
-    data = EngineData(cache=cache, split={"rule": "all", "base": names, "val": [], "novel": []})
+    data = every_class_data(cache)
     cfg = load_config(
         None,
         [
@@ -133,14 +133,22 @@ def measure(cache_dir: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def cache_folder(args: argparse.Namespace) -> Iterator[Path]:
+    """``--cache`` when given, else a random CUB-sized cache in a temporary folder."""
+    if args.cache is not None:
+        yield args.cache
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        yield write_random_cache(Path(tmp) / "cache", args.images, args.classes, args.size)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    results = compare(args) if args.compare else None
-    if results is None:
-        with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-            cache_dir = args.cache or write_random_cache(
-                Path(tmp) / "cache", args.images, args.classes, args.size
-            )
+    if args.compare:
+        results = compare(args)
+    else:
+        with cache_folder(args) as cache_dir:
             results = [measure(cache_dir, args)]
     for result in results:
         print(describe(result))
@@ -151,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The memory-mapped and the copied cache, each trained on in a fresh process."""
-    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-        cache_dir = args.cache or write_random_cache(
-            Path(tmp) / "cache", args.images, args.classes, args.size
-        )
+    with cache_folder(args) as cache_dir:
         # this process maps the whole cache too, as a second job would: the pages a run
         # reads are then shared with it unless that run copies them
         shared = np.load(cache_dir / "images.npy", mmap_mode="r")

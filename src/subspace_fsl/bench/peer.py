@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subspace_fsl.bench._common import episode_settings, sync
+from subspace_fsl.bench._common import episode_settings, every_class_data, sync
 from subspace_fsl.bench.engine import bench_training, training_stepper
 
 TARGETS = {"train_vs_peer": 2.6, "train_vs_floor": 1.2, "train_eps": 2.0, "eval_vs_peer": 20.0}
@@ -78,7 +78,6 @@ def our_data(
     """The records' image cache as ``EngineData``, and the seconds it took to build (a
     one-off ``prepare`` step that every run of the workflow shares)."""
     from subspace_fsl.data.cache import ImageCache, build_cache, source_stamp
-    from subspace_fsl.engine.data import EngineData
 
     started = time.perf_counter()
     directory = build_cache(
@@ -86,10 +85,7 @@ def our_data(
         root=root, workers=args.threads or 2, progress=False,
     )  # fmt: skip
     built_s = time.perf_counter() - started
-    cache = ImageCache.open(directory)
-    names = [str(n) for n in cache.class_names]
-    data = EngineData(cache=cache, split={"rule": "all", "base": names, "val": [], "novel": names})
-    return data, built_s
+    return every_class_data(ImageCache.open(directory)), built_s
 
 
 # --- easyfsl ---------------------------------------------------------------------------------
@@ -104,12 +100,14 @@ def task_sampler_shim() -> Iterator[bool]:
     """
     from torch.utils.data import Sampler
 
-    try:
+    try:  # probe only: the caller's block runs outside this try, its errors propagate
         Sampler.__init__(Sampler.__new__(Sampler), data_source=None)  # type: ignore[call-arg]
+        needed = False
+    except TypeError:
+        needed = True
+    if not needed:
         yield False
         return
-    except TypeError:
-        pass
     original = Sampler.__init__
 
     def accept_data_source(self: Any, data_source: Any = None) -> None:
@@ -535,16 +533,16 @@ def main(argv: list[str] | None = None) -> int:
         # the floor first, while this package's allocator heap is fresh
         episode_images = args.way * (args.shot + args.query)
         flops = step_flops(configs["multisubspace"], data)
-        rates = [
+        sustained = [
             sustained_rate(configs["multisubspace"], batch, repeats=5)
             for batch in sorted({episode_images, args.floor_batch})
         ]
-        best = max(rates, key=lambda r: r["rate"])
+        best = max(sustained, key=lambda r: r["rate"])
         results["floor"] = {
             "step_gflop": flops / 1e9,
             "rate_gflops": best["rate"] / 1e9,
             "batch": best["batch"],
-            "rates_gflops": {r["batch"]: r["rate"] / 1e9 for r in rates},
+            "rates_gflops": {r["batch"]: r["rate"] / 1e9 for r in sustained},
             "episodes_per_s": best["rate"] / flops,
         }
         steppers: dict[str, Callable[[], None]] = {
@@ -565,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
         from subspace_fsl.bench import memory
 
         print("measuring memory on a CUB-sized cache (bench memory --compare)...", flush=True)
-        threads = [f"--threads={args.threads}"] if args.threads else []
-        results["memory"] = memory.compare(memory.parse(["--episodes", "10", *threads]))
+        thread_option = [f"--threads={args.threads}"] if args.threads else []
+        results["memory"] = memory.compare(memory.parse(["--episodes", "10", *thread_option]))
     results["targets"] = targets(results)
     print()
     print(report(results))

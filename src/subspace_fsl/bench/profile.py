@@ -46,15 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=12, help="operators listed")
     parser.add_argument("--trace", type=Path, default=None, help="write a Chrome trace here")
     args = parser.parse_args(argv)
-    args.classes, args.images_per_class, args.episodes_eval = 20, 30, 600
     profiled = args.episodes
 
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
-        cfg = _config(Path(tmp), _engine_args(args), args.head)
-        cfg["model"]["backbone"] = args.backbone
-        cfg["runtime"]["malloc_tuning"] = not args.no_malloc_tuning
-        cfg["runtime"]["channels_last"] = not args.no_channels_last
-        cfg["train"]["augment"] = not args.no_augment
+        settings = [
+            f"model.backbone={args.backbone}",
+            f"runtime.malloc_tuning={str(not args.no_malloc_tuning).lower()}",
+            f"runtime.channels_last={str(not args.no_channels_last).lower()}",
+            f"train.augment={str(not args.no_augment).lower()}",
+        ]
+        cfg = _config(Path(tmp), _engine_args(args), args.head, settings)
         step = training_stepper(cfg)
         for _ in range(args.warmup):
             step()
@@ -106,15 +107,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _engine_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The settings ``bench.engine._config`` reads."""
+    """The settings ``bench.engine._config`` reads: a synthetic set of 20 classes x 30 images
+    (the profile trains on its base half)."""
     return argparse.Namespace(
         size=args.size,
-        classes=args.classes,
-        images_per_class=args.images_per_class,
+        classes=20,
+        images_per_class=30,
         way=args.way,
         shot=args.shot,
         query=args.query,
-        episodes=args.episodes_eval,
+        episodes=600,
         device=args.device,
         threads=args.threads,
     )

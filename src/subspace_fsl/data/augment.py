@@ -100,9 +100,7 @@ def crop_and_flip(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     grid = torch.stack(
         torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1
     )  # [n, H, W, 2] as (x, y)
-    return F.grid_sample(
-        images, grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def gray(images: torch.Tensor) -> torch.Tensor:
@@ -124,9 +122,7 @@ def color_jitter(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     return (images * s + (1 - s) * gray(images)).clamp_(0, 1)
 
 
-def augment(
-    images: torch.Tensor, params: AugmentParams | None = None
-) -> torch.Tensor:
+def augment(images: torch.Tensor, params: AugmentParams | None = None) -> torch.Tensor:
     """Crop, flip and colour-jitter a float batch [n, 3, H, W] in [0, 1], on its own device.
 
     ``params`` default to a fresh draw from torch's global generator."""

@@ -300,12 +300,12 @@ def train(
     if cfg["tracking"]["enabled"]:
         tracking.tracking_uri(cfg)  # refuse a bad URI before any work
 
-    parts = EpisodeTrainer(cfg, data, model, runtime)
+    trainer = EpisodeTrainer(cfg, data, model, runtime)
     model, optimizer, scheduler, sampler = (
-        parts.model,
-        parts.optimizer,
-        parts.scheduler,
-        parts.sampler,
+        trainer.model,
+        trainer.optimizer,
+        trainer.scheduler,
+        trainer.sampler,
     )
     val_plan = evaluation_plan(cfg, data, "val", episodes=settings["val_episodes"])
 
@@ -394,7 +394,7 @@ def train(
     started = time.monotonic()
     try:
         for episode in _episodes(state, settings["max_episodes"]):
-            values = parts.step()
+            values = trainer.step()
             if not all(math.isfinite(v) for v in values.values()):
                 raise FloatingPointError(
                     f"non-finite training values {values} at episode {episode}; "
