@@ -2,7 +2,9 @@
 # the validation and novel classes -> lambda selection on validation -> tables -> plots.
 # Settings: config.yaml (the full CUB benchmark), validated against workflow/schemas/; every
 # default lives in that schema. Demo: `snakemake --profile profiles/demo`.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from subspace_fsl.config import check_same_reading, validate
 
 min_version("9.0")
 
@@ -10,7 +12,11 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Snakemake read the config files with YAML 1.1, the jobs read settings with YAML 1.2: refuse a
+# file the two read differently (shot: 010), then validate and complete the settings with the
+# package's rules (the schema's defaults; finite numbers only), as every job does
+check_same_reading(workflow.configfiles)
+config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
 
 
 include: "workflow/rules/common.smk"
