@@ -39,6 +39,7 @@ def run_init_tracking(args: argparse.Namespace) -> int:
     from subspace_fsl import tracking
 
     cfg = _cfg(args)
+    tracking.check_store(cfg)
     experiment_id = tracking.ensure_store(cfg)
     record = {"enabled": cfg["tracking"]["enabled"], "experiment_id": experiment_id,
               "experiment": tracking.experiment_name(cfg) if experiment_id else None,
