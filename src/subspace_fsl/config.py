@@ -157,8 +157,8 @@ def check_same_reading(paths: Iterable[str | os.PathLike[str]]) -> None:
         for key, v11, v12 in sorted(_differences(old, new), key=lambda d: d[0]):
             raise ConfigError(
                 f"config file {path}: {key} reads as {v11!r} under YAML 1.1 (Snakemake) but "
-                f"{v12!r} under YAML 1.2 (subspace-fsl); write it so both agree (e.g. quote a "
-                f"string, 10 or 0o10 for a number, true/false for a boolean)"
+                f"{v12!r} under YAML 1.2 (subspace-fsl); write it so both agree: numbers in plain "
+                f"decimal (10, 0.001, 1.0e-3), true/false for booleans, strings quoted"
             )
 
 
