@@ -26,10 +26,38 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely, or is not one of ours."""
 
 
+class _RecordingWriter:
+    """A binary file's ``write`` that remembers the ``OSError`` it raised: ``torch.save``
+    turns a failed write into a RuntimeError ("unexpected pos ...") without the cause."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failed write (a full disk) raises the ``OSError`` naming ``path``; the previous file
+    at ``path`` is untouched and the temporary file is removed."""
     with atomic_open(path, "wb") as handle:
-        torch.save({"format": FORMAT, **state}, handle)
+        writer = _RecordingWriter(handle)
+        try:
+            torch.save({"format": FORMAT, **state}, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
 
 
 def torch_load_plain(
