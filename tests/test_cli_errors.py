@@ -170,14 +170,18 @@ def test_a_head_that_cannot_be_allocated_is_refused_with_the_numbers(workspace: 
 
 def test_a_finished_run_without_its_summary_is_never_a_traceback(workspace: Path,
                                                                  tmp_path: Path):
-    run = tmp_path / "run"
-    shutil.copytree(workspace / "run", run)
-    (run / "train_summary.json").unlink()
-    proc = cli("train", "--config", str(workspace / "tiny.yaml"), "--out", str(run))
-    if proc.returncode == 0:  # the finished marker is checked and the summary rewritten
-        assert (run / "train_summary.json").is_file()
-    else:
-        error_line(proc, "train_summary.json")
+    """Missing, or a folder in its place: rewritten (exit 0) or one line naming it."""
+    for name in ("missing", "folder"):
+        run = tmp_path / name
+        shutil.copytree(workspace / "run", run)
+        (run / "train_summary.json").unlink()
+        if name == "folder":
+            (run / "train_summary.json").mkdir()
+        proc = cli("train", "--config", str(workspace / "tiny.yaml"), "--out", str(run))
+        if proc.returncode == 0:  # the finished marker is checked and the summary rewritten
+            assert (run / "train_summary.json").is_file()
+        else:
+            error_line(proc, "train_summary.json")
 
 
 # --- read-only and full file systems ------------------------------------------------------
