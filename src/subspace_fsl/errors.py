@@ -23,7 +23,7 @@ DEBUG_ENV = "SUBSPACE_FSL_DEBUG"
 
 #: what a user can do about an OS error, by errno
 _OS_HINTS = {
-    errno.ENOSPC: "the disk is full; free space and run again (finished files are intact)",
+    errno.ENOSPC: "the disk is full; free space and run again: finished files are intact",
     errno.EDQUOT: "the disk quota is exceeded; free space and run again",
     errno.EROFS: "the file system is read-only; choose a writable results_dir / --out",
     errno.EACCES: "permission denied; choose a writable results_dir / --out",
