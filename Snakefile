@@ -2,9 +2,9 @@
 # the validation and novel classes -> lambda selection on validation -> tables -> plots.
 # Settings: config.yaml (the full CUB benchmark), validated against workflow/schemas/; every
 # default lives in that schema. Demo: `snakemake --profile profiles/demo`.
-from snakemake.utils import min_version
+from snakemake.utils import min_version, validate
 
-from subspace_fsl.config import check_same_reading, validate
+from subspace_fsl import config as settings
 
 min_version("9.0")
 
@@ -13,10 +13,11 @@ configfile: "config.yaml"
 
 
 # Snakemake read the config files with YAML 1.1, the jobs read settings with YAML 1.2: refuse a
-# file the two read differently (shot: 010), then validate and complete the settings with the
-# package's rules (the schema's defaults; finite numbers only), as every job does
-check_same_reading(workflow.configfiles)
-config.update(validate(config, source=" + ".join(map(str, workflow.configfiles)) or "config"))
+# file the two read differently (shot: 010). Then the schema (Snakemake's messages), and the
+# package's own rules on top (finite numbers only), which every job applies too.
+settings.check_same_reading(workflow.configfiles)
+validate(config, "workflow/schemas/config.schema.yaml")
+config.update(settings.validate(config, source=" + ".join(map(str, workflow.configfiles))))
 
 
 include: "workflow/rules/common.smk"
