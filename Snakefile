@@ -4,13 +4,20 @@
 # default lives in that schema. Demo: `snakemake --profile profiles/demo`.
 from snakemake.utils import min_version, validate
 
+from subspace_fsl import config as settings
+
 min_version("9.0")
 
 
 configfile: "config.yaml"
 
 
+# Snakemake read the config files with YAML 1.1, the jobs read settings with YAML 1.2: refuse a
+# file the two read differently (shot: 010). Then the schema (Snakemake's messages), and the
+# package's own rules on top (finite numbers only), which every job applies too.
+settings.check_same_reading(workflow.configfiles)
 validate(config, "workflow/schemas/config.schema.yaml")
+config.update(settings.validate(config, source=" + ".join(map(str, workflow.configfiles))))
 
 
 include: "workflow/rules/common.smk"

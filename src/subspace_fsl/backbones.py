@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -144,12 +143,18 @@ class ResNet18(ResNet, Backbone):
 
 def load_weights(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> None:
     """Load a local state_dict file into ``model`` strictly; clear errors otherwise."""
+    from subspace_fsl.engine.checkpoint import CheckpointError, torch_load_plain
+
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch_load_plain(path, "model.backbone_weights")
+    except CheckpointError as exc:  # "is not a checkpoint" reads wrong for a weights file
+        raise ValueError(str(exc).replace("is not a checkpoint", "is not a weights file")) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state_dict (a mapping of names to tensors)")
+        raise ValueError(
+            f"model.backbone_weights {path} does not hold a state_dict (a mapping of names to "
+            f"tensors)"
+        )
     state = {k: v for k, v in state.items() if not k.startswith(drop_prefixes)}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))

@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from subspace_fsl import __version__
-from subspace_fsl.config import ConfigError, load_config
+from subspace_fsl.config import load_config
+from subspace_fsl.errors import DEBUG_ENV, debug_enabled, exit_code, user_message
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -192,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Few-shot sub-category classification with multiple feature subspaces.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for add in (_add_synth, _add_prepare, _add_train, _add_evaluate, _add_predict,
                 _add_workflow_commands):
@@ -200,14 +203,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a user's mistake or an environment failure is one line on stderr and
+    exit code 2 (``errors.TRANSLATIONS``), a bug keeps its traceback; ``--debug`` shows all."""
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
     try:
         return int(handler(args) or 0)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"subspace-fsl {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except BaseException as exc:
+        message = None if args.debug or debug_enabled() else user_message(exc)
+        if message is None:
+            raise
+        print(f"subspace-fsl {args.command}: error: {message}", file=sys.stderr)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -2,14 +2,22 @@
 
 The schema (``workflow/schemas/config.schema.yaml``, shipped in the package as
 ``config.schema.yaml``) is the only place where a setting and its default are defined; the
-Snakemake workflow validates ``config.yaml`` against the same file.
+Snakemake workflow validates ``config.yaml`` with the same function (``validate``).
+
+Config files and ``--set`` values are read with YAML 1.2 core-schema rules (``CoreLoader``):
+``010`` is 10, ``0o10`` is 8, ``0x1F`` is 31, ``1e-3`` is 0.001, ``yes``/``on`` are strings.
+Snakemake reads config files with PyYAML's YAML 1.1 rules; ``check_same_reading`` refuses a
+file whose values the two read differently, so the workflow and its jobs cannot disagree.
+Every number must be finite: ``.nan`` / ``.inf`` are refused wherever the schema wants one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,13 +36,147 @@ class ConfigError(ValueError):
     """A configuration that does not satisfy the schema; the message names the key."""
 
 
+# --- YAML 1.2 core schema on PyYAML -------------------------------------------------------
+
+#: (tag, pattern, first characters) of the YAML 1.2 core schema's implicit scalars
+#: (https://yaml.org/spec/1.2.2/#1033-core-schema); int is tried before float
+CORE_RESOLVERS = (
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""]),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", list("tTfF")),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", list("-+0123456789")),
+    (
+        "tag:yaml.org,2002:float",
+        r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+        list("-+0123456789."),
+    ),
+)
+
+
+class CoreLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with the YAML 1.2 core schema instead of YAML 1.1's resolvers
+    (no octal ``010``, no ``yes``/``on`` booleans, no sexagesimals, no timestamps).
+    Merge keys (``<<``) stay, as in ruamel.yaml's 1.2 mode."""
+
+
+class CoreDumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 *or* 1.2 would read as something else, so a saved
+    config reads back the same with PyYAML, Snakemake and ``CoreLoader``."""
+
+
+CoreLoader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in value if tag == "tag:yaml.org,2002:merge"]
+    for key, value in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag, _pattern, _first in CORE_RESOLVERS:
+    CoreLoader.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+    CoreDumper.add_implicit_resolver(_tag, re.compile(_pattern), _first)
+
+
+def _construct_core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """Decimal, ``0o`` octal or ``0x`` hex (YAML 1.2); a leading zero is just decimal."""
+    text = str(loader.construct_scalar(node))
+    sign, digits = (-1, text[1:]) if text[:1] == "-" else (1, text.lstrip("+"))
+    base = {"0o": 8, "0x": 16}.get(digits[:2].lower(), 10)
+    return sign * int(digits[2:] if base != 10 else digits, base)
+
+
+CoreLoader.add_constructor("tag:yaml.org,2002:int", _construct_core_int)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with the 1.2 core schema (``CoreLoader``)."""
+    return yaml.load(text, Loader=CoreLoader)
+
+
+def yaml_dump(data: Any) -> str:
+    """YAML text that both YAML 1.1 and 1.2 readers read back as ``data``."""
+    return yaml.dump(data, Dumper=CoreDumper, sort_keys=False)
+
+
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (line and column, 1-based)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def read_text_file(path: str | os.PathLike[str], what: str) -> str:
+    """The UTF-8 text of a settings file; ``ConfigError`` naming it when it is not one."""
+    source = Path(path)
+    try:
+        return source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {source} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} {source} is a folder, not a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} {source} is not a text (UTF-8 YAML) file: byte 0x{exc.object[exc.start]:02x} "
+            f"at offset {exc.start}"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {source} cannot be read: {exc.strerror or exc}") from None
+
+
+def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
+    """Read a YAML file with the 1.2 core schema; ``ConfigError`` naming the file otherwise."""
+    text = read_text_file(path, what)
+    try:
+        return yaml_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(exc)}") from None
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in old.keys() | new.keys():
+            yield from _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            yield from _differences(a, b, f"{prefix}{i}.")
+    elif type(old) is not type(new) or (old != new and not _both_nan(old, new)):
+        yield prefix.rstrip("."), old, new
+
+
+def _both_nan(a: Any, b: Any) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+
+
+def check_same_reading(paths: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse a config file that YAML 1.1 (PyYAML, what Snakemake reads ``configfile`` with)
+    and YAML 1.2 (this package) read differently, e.g. ``shot: 010`` (8 vs 10)."""
+    for path in paths:
+        text = read_text_file(path, "config file")
+        try:
+            old, new = yaml.safe_load(text), yaml_load(text)
+        except yaml.YAMLError as exc:
+            problem = yaml_problem(exc)
+            raise ConfigError(f"config file {path} is not valid YAML: {problem}") from None
+        for key, v11, v12 in sorted(_differences(old, new), key=lambda d: d[0]):
+            raise ConfigError(
+                f"config file {path}: {key} reads as {v11!r} under YAML 1.1 (Snakemake) but "
+                f"{v12!r} under YAML 1.2 (subspace-fsl); write it so both agree: numbers in plain "
+                f"decimal (10, 0.001, 1.0e-3), true/false for booleans, strings quoted"
+            )
+
+
 def load_schema() -> dict[str, Any]:
     with SCHEMA_PATH.open() as handle:
         return yaml.safe_load(handle)
 
 
+def _is_finite_number(checker: Any, instance: Any) -> bool:
+    """JSON Schema's ``number``, without NaN and the infinities (YAML's .nan / .inf)."""
+    return jsonschema.Draft7Validator.TYPE_CHECKER.is_type(instance, "number") and math.isfinite(
+        instance
+    )
+
+
 def _defaults_filling_validator() -> type:
-    """jsonschema Draft 7 validator that writes each property's ``default`` into the instance.
+    """jsonschema Draft 7 validator that writes each property's ``default`` into the instance
+    and whose ``number`` (and ``integer``) is finite.
 
     An object's default is set before its own properties are visited, so nested defaults
     (``dataset: {default: {}}`` then ``dataset.image_size: {default: 84}``) are all filled.
@@ -49,37 +191,66 @@ def _defaults_filling_validator() -> type:
                     instance[name] = copy.deepcopy(subschema["default"])
         yield from validate_properties(validator, properties, instance, schema)
 
-    return jsonschema.validators.extend(base, {"properties": set_defaults})
+    checker = base.TYPE_CHECKER.redefine("number", _is_finite_number)
+    return jsonschema.validators.extend(
+        base, {"properties": set_defaults}, type_checker=checker
+    )
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
-    parts = [str(p) for p in error.absolute_path]
-    if error.validator == "additionalProperties":
-        # the offending key is in the message, not in the path
-        return ".".join(parts) or "<top level>"
-    return ".".join(parts) or "<top level>"
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    instance = error.instance
+    if isinstance(instance, float) and not math.isfinite(instance):
+        return f"{instance} is not allowed: every number must be finite (no .nan / .inf)"
+    return error.message
+
+
+def _non_finite(value: Any, prefix: str = "") -> Iterator[str]:
+    """Key paths of NaN / infinite floats anywhere in ``value`` (also where no schema looks)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield prefix.rstrip(".") or "<top level>"
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            yield from _non_finite(child, f"{prefix}{key}.")
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _non_finite(child, f"{prefix}{i}.")
 
 
 def validate(config: Mapping[str, Any], source: str = "config") -> Config:
-    """Return a completed deep copy of ``config``; raise ``ConfigError`` naming the bad key."""
+    """Return a completed deep copy of ``config``; raise ``ConfigError`` naming the bad key
+    (all problems on one line, separated by "; ")."""
     completed = copy.deepcopy(dict(config))
     validator = _defaults_filling_validator()(load_schema())
     errors = sorted(validator.iter_errors(completed), key=lambda e: list(e.absolute_path))
-    if errors:
-        lines = [f"{_key_path(e)}: {e.message}" for e in errors]
-        raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines))
+    problems = [f"{_key_path(e)}: {_message(e)}" for e in errors]
+    flagged = {_key_path(e) for e in errors}
+    problems += [
+        f"{key}: not a finite number (no .nan / .inf)"
+        for key in _non_finite(completed)
+        if key not in flagged
+    ]
+    if problems:
+        raise ConfigError(f"invalid configuration in {source}: " + "; ".join(problems))
     return completed
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.shot=1"`` -> (["train", "shot"], 1); the value is parsed as YAML."""
+    """``"train.shot=1"`` -> (["train", "shot"], 1); the value is parsed as YAML 1.2."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} is not of the form key.path=value")
+        raise ConfigError(f"--set {text!r} is not of the form key.path=value")
     key, raw = text.split("=", 1)
     keys = [k for k in key.strip().split(".") if k]
     if not keys:
-        raise ConfigError(f"override {text!r} has an empty key")
-    return keys, yaml.safe_load(raw)
+        raise ConfigError(f"--set {text!r} has an empty key")
+    try:
+        return keys, yaml_load(raw)
+    except yaml.YAMLError as exc:
+        problem = yaml_problem(exc)
+        raise ConfigError(f"--set {text!r}: the value is not valid YAML: {problem}") from None
 
 
 def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> Config:
@@ -90,7 +261,7 @@ def apply_overrides(config: Mapping[str, Any], overrides: Iterable[str]) -> Conf
         for key in keys[:-1]:
             child = node.setdefault(key, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {key!r} is not a section")
+                raise ConfigError(f"--set {text!r}: {key!r} is not a section")
             node = child
         node[keys[-1]] = value
     return result
@@ -104,13 +275,7 @@ def load_config(
     source = "defaults"
     if path is not None:
         source = str(path)
-        try:
-            with open(path) as handle:
-                raw = yaml.safe_load(handle) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {source} does not exist") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {source} is not valid YAML: {exc}") from None
+        raw = read_yaml(path) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {source} must hold a mapping, not {type(raw).__name__}")
     return validate(apply_overrides(raw, overrides), source=source)
@@ -131,6 +296,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if exc.filename is None:  # a failed write (e.g. ENOSPC) does not say which file
+            raise type(exc)(exc.errno, exc.strerror, str(target)) from exc
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -166,4 +336,4 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def save_config(config: Mapping[str, Any], path: str | os.PathLike[str]) -> None:
     """Save the resolved configuration next to an output (atomically)."""
-    atomic_write_text(path, yaml.safe_dump(dict(config), sort_keys=False))
+    atomic_write_text(path, yaml_dump(dict(config)))

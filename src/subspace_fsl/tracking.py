@@ -63,6 +63,35 @@ def tracking_uri(cfg: Mapping[str, Any]) -> str:
     return uri
 
 
+def check_reachable(uri: str, timeout: float) -> None:
+    """Fail within ``timeout`` seconds (per connection step) when an http(s) store does not
+    answer, instead of sitting in MLflow's request retries; any HTTP answer counts. Other
+    stores (sqlite, databricks) are not network services here and are not probed."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered (e.g. 401, 404): reachable
+    except (OSError, ValueError) as exc:  # URLError, refused, timed out, bad host
+        reason = getattr(exc, "reason", None) or exc
+        raise ConfigError(
+            f"MLflow tracking server {uri} is unreachable within {timeout:g} s ({reason}); "
+            f"start it, fix MLFLOW_TRACKING_URI / tracking.uri, or turn tracking off with "
+            f"--set tracking.enabled=false"
+        ) from None
+
+
+def check_store(cfg: Mapping[str, Any]) -> None:
+    """Before any work: the store's URI is valid and, for a server, answers in time."""
+    if cfg["tracking"]["enabled"]:
+        check_reachable(tracking_uri(cfg), float(cfg["tracking"]["connect_timeout_s"]))
+
+
 def experiment_name(cfg: Mapping[str, Any]) -> str:
     """``tracking.experiment``, else the data set's name."""
     return cfg["tracking"]["experiment"] or cfg["dataset"]["name"]

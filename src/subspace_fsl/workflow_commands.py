@@ -7,10 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-import yaml
-
 from subspace_fsl import grid, paths
-from subspace_fsl.config import atomic_write_text, load_config
+from subspace_fsl.config import atomic_write_text, load_config, yaml_dump
 
 
 def _cfg(args: argparse.Namespace) -> dict:
@@ -39,6 +37,7 @@ def run_init_tracking(args: argparse.Namespace) -> int:
     from subspace_fsl import tracking
 
     cfg = _cfg(args)
+    tracking.check_store(cfg)
     experiment_id = tracking.ensure_store(cfg)
     record = {"enabled": cfg["tracking"]["enabled"], "experiment_id": experiment_id,
               "experiment": tracking.experiment_name(cfg) if experiment_id else None,
@@ -81,5 +80,5 @@ def run_runs(args: argparse.Namespace) -> int:
 
 
 def run_show_config(args: argparse.Namespace) -> int:
-    print(yaml.safe_dump(_cfg(args), sort_keys=False), end="")
+    print(yaml_dump(_cfg(args)), end="")  # quoted so YAML 1.1 and 1.2 read it back alike
     return 0

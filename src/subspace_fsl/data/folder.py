@@ -2,12 +2,14 @@
 
 Classes are the sub-folders in sorted order (class_id 0, 1, ...), images sorted by name within
 each. Hidden entries (names starting with ".", e.g. ``.DS_Store``) are ignored; any other file
-that is not a JPEG/PNG, a file directly in ``root`` or an empty class folder is an error.
+that is not a JPEG/PNG, a file directly in ``root``, an empty class folder or an image that
+cannot be opened (a broken symbolic link, a symlink loop, no read permission) is an error.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,19 @@ import pandas as pd
 from subspace_fsl.data.cub import COLUMNS, DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def _check_readable(path: Path) -> None:
+    """An image must be a regular file we may read: a broken link, a symlink loop or an
+    unreadable file is named here, not deep inside the cache build."""
+    try:
+        mode = path.stat().st_mode  # follows links: ELOOP / ENOENT for a loop / broken link
+    except OSError as exc:
+        raise DatasetError(f"image {path} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        raise DatasetError(f"image {path} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise DatasetError(f"image {path} cannot be read: permission denied")
 
 
 def read_folder(root: str | os.PathLike[str]) -> pd.DataFrame:
@@ -40,6 +55,8 @@ def read_folder(root: str | os.PathLike[str]) -> pd.DataFrame:
             raise DatasetError(f"{others[0]} is not a .jpg/.jpeg/.png file (class folder {folder})")
         if not files:
             raise DatasetError(f"class folder {folder} holds no images")
+        for path in files:
+            _check_readable(path)
         rows.extend((str(p), class_id, folder.name) for p in files)
     table = pd.DataFrame(rows, columns=["path", "class_id", "class_name"])
     table.insert(0, "image_id", np.arange(1, len(table) + 1, dtype=np.int64))

@@ -7,6 +7,7 @@ converted to tensors, numbers, strings, lists, tuples and dicts first.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import random
@@ -25,10 +26,68 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read safely, or is not one of ours."""
 
 
+class _RecordingWriter:
+    """A binary file's ``write`` that remembers the ``OSError`` it raised: ``torch.save``
+    turns a failed write into a RuntimeError ("unexpected pos ...") without the cause."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A failed write (a full disk) raises the ``OSError`` naming ``path``; the previous file
+    at ``path`` is untouched and the temporary file is removed."""
     with atomic_open(path, "wb") as handle:
-        torch.save({"format": FORMAT, **state}, handle)
+        writer = _RecordingWriter(handle)
+        try:
+            torch.save({"format": FORMAT, **state}, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def torch_load_plain(
+    path: str | os.PathLike[str], what: str, map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors that name ``what`` and the
+    file: missing, a folder, refused (it wants to build objects: a pickle with code) or not a
+    torch file at all (random bytes, text, truncated). Never suggests ``weights_only=False``."""
+    source = Path(path)
+    if source.is_dir():
+        raise CheckpointError(f"{what} {source} is a folder, not a file")
+    if not source.is_file():
+        raise FileNotFoundError(errno.ENOENT, f"{what} does not exist", str(source))
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, None):  # EINVAL: torch's reader on a cut-off file
+            raise
+        reason: str = "it cannot be read (damaged or truncated)"
+    except Exception as exc:  # torch.load raises KeyError, IndexError, ... on foreign bytes
+        refused = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line), None)
+        if isinstance(exc, pickle.UnpicklingError) and refused:
+            # weights_only refuses globals it does not know: the file wants to build or run
+            # objects, which a checkpoint of ours never does
+            raise CheckpointError(
+                f"{what} {source} was refused: it holds more than tensors and plain containers "
+                f"(loaded with weights_only=True): {refused}"
+            ) from None
+        reason = "it cannot be read (damaged, truncated or not a torch file)"
+    raise CheckpointError(f"{what} {source} is not a checkpoint: {reason}") from None
 
 
 def load_checkpoint(
@@ -36,21 +95,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; refuse anything that is not plain data."""
     source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"checkpoint {source} does not exist")
-    try:
-        state = torch.load(source, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # weights_only refuses globals it does not know: the file wants to build or run objects
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(
-            f"checkpoint {source} was refused: it is not plain tensors and containers "
-            f"(loaded with weights_only=True): {first_line}"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(
-            f"checkpoint {source} cannot be read (damaged or not a torch file): {exc}"
-        ) from None
+    state = torch_load_plain(source, "checkpoint", map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {source} is not a {FORMAT} checkpoint")
     return state

@@ -27,16 +27,19 @@ def setup_logging() -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from subspace_fsl import tracking
     from subspace_fsl.engine.train import train
 
     setup_logging()
     cfg = load_config(args.config, args.overrides)
+    tracking.check_store(cfg)  # before any work: an unreachable server fails in seconds
     summary = train(cfg, args.out, split_file=args.split_file, cache_dir=args.cache)
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    from subspace_fsl import tracking
     from subspace_fsl.engine.evaluate import evaluate
 
     setup_logging()
@@ -45,6 +48,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.config is None and not Path(config_path).is_file():
         raise ConfigError(f"--run {run} has no config.yaml; pass --config")
     cfg = load_config(config_path, args.overrides)
+    tracking.check_store(cfg)  # evaluate logs at the end: check the store first
     checkpoint = Path(args.checkpoint) if args.checkpoint else run / "best.pt"
     out = Path(args.out) if args.out else run / "eval" / args.split
     summary = evaluate(

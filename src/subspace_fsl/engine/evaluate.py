@@ -9,11 +9,12 @@ images, at a fraction of the cost.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,71 @@ def load_model(
     return place_model(model, runtime), state
 
 
+#: settings a checkpoint fixes: what the model is, what its images look like (the data set
+#: and its preprocessing), which classes it was trained on (the split) and the episodes'
+#: way and shot (train.*). Only eval.*, runtime.*, tracking.*, the folders and how the
+#: data set is fetched may differ from the checkpoint's own settings.
+FIXED_BY_CHECKPOINT = (
+    "model",
+    "dataset.name",
+    "dataset.source",
+    "dataset.root",
+    "dataset.crop_to_bbox",
+    "dataset.image_size",
+    "dataset.resize",
+    "dataset.synthetic",
+    "split",
+    "train",
+)
+
+_MISSING = object()
+
+
+def _lookup(settings: Mapping[str, Any], key: str) -> Any:
+    node: Any = settings
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _leaves(value: Any, key: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(value, Mapping) and value:
+        for name, child in value.items():
+            yield from _leaves(child, f"{key}.{name}")
+    else:
+        yield key, value
+
+
+def checkpoint_settings(
+    cfg: Mapping[str, Any], saved: Mapping[str, Any], checkpoint: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """``cfg`` with every :data:`FIXED_BY_CHECKPOINT` setting taken from the checkpoint's own
+    settings ``saved``; a ``ValueError`` naming each key and both values where ``cfg``
+    (``--config`` / ``--set``) asks for something else, which the checkpoint cannot do."""
+    used = copy.deepcopy(dict(cfg))
+    conflicts = []
+    for key in FIXED_BY_CHECKPOINT:
+        for leaf, theirs in _leaves(_lookup(saved, key), key):
+            if theirs is _MISSING:
+                continue  # a setting newer than the checkpoint: nothing to compare
+            ours = _lookup(cfg, leaf)
+            if ours is not _MISSING and ours != theirs:
+                conflicts.append(f"{leaf}={ours!r} (the checkpoint's: {theirs!r})")
+            *parents, name = leaf.split(".")
+            node = used
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[name] = copy.deepcopy(theirs)
+    if conflicts:
+        raise ValueError(
+            f"checkpoint {checkpoint} fixes {', '.join(conflicts)}; evaluate may change only "
+            f"eval.*, runtime.*, tracking.* and the folders: drop these --set / --config values"
+        )
+    return used
+
+
 def evaluate(
     cfg: Mapping[str, Any],
     checkpoint: str | os.PathLike[str],
@@ -135,8 +201,9 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``split_name`` (``novel``, or ``val`` for choosing lambdas).
 
-    Writes ``episodes.csv`` (episode, seed, accuracy), ``config.yaml`` and, last,
-    ``summary.json``; logs them into the MLflow run of the checkpoint's run directory.
+    Writes ``episodes.csv`` (episode, seed, accuracy), ``config.yaml`` (the settings used:
+    :func:`checkpoint_settings`) and, last, ``summary.json``; logs them into the MLflow run
+    of the checkpoint's run directory.
     """
     from subspace_fsl import tracking
 
@@ -145,6 +212,8 @@ def evaluate(
     out = Path(out_dir)
     runtime = configure(cfg)
     model, state = load_model(checkpoint, runtime)
+    # what was used, and what config.yaml records: the checkpoint's model, data and episodes
+    cfg = checkpoint_settings(cfg, state["config"], checkpoint)
     data = open_data(
         cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,21 +35,74 @@ class FewShotModel(nn.Module):
         return FewShotModel(backbone, self.head, self.feature_dim)
 
 
+def available_memory() -> int | None:
+    """Bytes of host memory a new allocation can get now (Linux ``MemAvailable``), else None."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB"
+
+
+def check_head_size(head: nn.Module, settings: Mapping[str, Any], feature_dim: int,
+                    backbone: str) -> None:
+    """Refuse, before allocating, a head that cannot work or cannot fit in memory:
+
+    - ``subspace_dim`` > D: a subspace of the D-dimensional feature space has at most D
+      dimensions (only heads with a ``subspace_dim``);
+    - parameters x 4 bytes (float32) > the memory available now.
+
+    ``head`` is built on the meta device (shapes only, nothing allocated)."""
+    subspace_dim = getattr(head, "subspace_dim", None)
+    if subspace_dim is not None and subspace_dim > feature_dim:
+        raise ValueError(
+            f"model.subspace_dim={subspace_dim} exceeds the backbone's feature dim D="
+            f"{feature_dim} ({backbone} at this dataset.image_size): a subspace of R^{feature_dim}"
+            f" has at most {feature_dim} dimensions"
+        )
+    n_params = sum(t.numel() for t in (*head.parameters(), *head.buffers()))
+    needed, available = 4 * n_params, available_memory()
+    if available is not None and needed > available:
+        sizes = ", ".join(f"model.{k}={settings[k]}" for k in ("n_subspaces", "subspace_dim")
+                          if k in settings)
+        raise ValueError(
+            f"the head cannot be allocated: {sizes} on D={feature_dim} features is "
+            f"{n_params:,} parameters ({_gb(needed)} in float32), but only {_gb(available)} "
+            f"of memory is available; lower model.n_subspaces or model.subspace_dim"
+        )
+
+
 def build_model(cfg: Mapping[str, Any]) -> FewShotModel:
-    """The configured backbone and head; unknown names fail with the offending key and value."""
-    from subspace_fsl.backbones import build_backbone
-    from subspace_fsl.heads import build_head
+    """The configured backbone and head; unknown names fail with the offending key and value,
+    a head too large for the features or for memory before anything is allocated."""
+    from subspace_fsl.backbones import BACKBONES, build_backbone
+    from subspace_fsl.heads import HEADS, build_head
 
     settings = cfg["model"]
-    try:
-        backbone = build_backbone(settings["backbone"], weights=settings["backbone_weights"])
-    except ValueError as exc:
-        raise ValueError(f"model.backbone={settings['backbone']!r}: {exc}") from None
+    for key, registry in (("backbone", BACKBONES), ("head", HEADS)):
+        try:
+            registry.get(settings[key])
+        except ValueError as exc:
+            raise ValueError(f"model.{key}={settings[key]!r}: {exc}") from None
+    backbone = build_backbone(settings["backbone"], weights=settings["backbone_weights"])
     feature_dim = int(backbone.output_dim(cfg["dataset"]["image_size"]))
     model_keys = {
         k: v for k, v in settings.items() if k not in ("backbone", "backbone_weights", "head")
     }
     try:
+        with torch.device("meta"):  # shapes only: check the size before allocating
+            shape_only = build_head(settings["head"], feature_dim, **model_keys)
+        check_head_size(shape_only, settings, feature_dim, settings["backbone"])
         head = build_head(settings["head"], feature_dim, **model_keys)
     except ValueError as exc:
         raise ValueError(f"model.head={settings['head']!r}: {exc}") from None
