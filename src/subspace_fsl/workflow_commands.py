@@ -23,7 +23,7 @@ def run_split(args: argparse.Namespace) -> int:
     from subspace_fsl.data.splits import make_split, save_split
 
     cfg = _cfg(args)
-    cache = ImageCache.open(args.cache or paths.cache_dir(cfg))
+    cache = ImageCache.open(args.cache or paths.cache_dir(cfg), verify=False)
     classes = cache.index[["class_id", "class_name"]].drop_duplicates().sort_values("class_id")
     settings = cfg["split"]
     split = make_split([str(n) for n in classes["class_name"]], settings["rule"],
