@@ -2,13 +2,23 @@
 # base / validation / novel class split -> MLflow store and experiment.
 
 
+def data_args(*sections):
+    """--set arguments of the top-level settings (paths) and the given sections only: the
+    data jobs' params, so that a changed split.counts re-runs `split` (and what depends on
+    it) while a changed train.* or eval.* setting leaves the cache and the split alone."""
+    return grid.cli_overrides(
+        {k: v for k, v in grid.result_settings(config).items()
+         if not isinstance(v, dict) or k in sections}
+    )
+
+
 if config["dataset"]["source"] == "synthetic":
 
     rule synthesise:
         output:
             directory(paths.raw_root(config)),
         params:
-            settings=CONFIG_ARGS,
+            settings=data_args("dataset"),
         log:
             LOGS / "synthesise.log",
         threads: 2
@@ -26,7 +36,7 @@ rule prepare:
     output:
         directory(paths.cache_dir(config)),
     params:
-        settings=CONFIG_ARGS,
+        settings=data_args("dataset"),
         runtime=RUNTIME_ARGS,
     log:
         LOGS / "prepare.log",
@@ -45,7 +55,7 @@ rule split:
     output:
         paths.split_path(config),
     params:
-        settings=CONFIG_ARGS,
+        settings=data_args("dataset", "split"),
     log:
         LOGS / "split.log",
     resources:
@@ -60,7 +70,7 @@ rule init_tracking:
     output:
         paths.tracking_marker(config),
     params:
-        settings=CONFIG_ARGS,
+        settings=data_args("dataset"),
         runtime=RUNTIME_ARGS,
     log:
         LOGS / "init_tracking.log",
