@@ -251,7 +251,8 @@ def test_verification_hashes_once_per_state_of_the_file(tmp_path: Path) -> None:
     stale = {**json.loads(record.read_text()), "mtime_ns": 1}
     record.write_text(json.dumps(stale))
     ImageCache.open(cache_dir)
-    assert json.loads(record.read_text())["mtime_ns"] == (cache_dir / "images.npy").stat().st_mtime_ns
+    state = (cache_dir / "images.npy").stat()
+    assert json.loads(record.read_text())["mtime_ns"] == state.st_mtime_ns
 
 
 def test_a_cache_given_to_train_with_other_preprocessing_settings_is_refused(

@@ -90,7 +90,7 @@ def test_a_hand_made_split_file_is_judged_by_its_own_fields(tmp_path: Path):
     path = tmp_path / "hand.json"
     path.write_text(json.dumps(hand))
     assert open_data(cfg, split_file=path).split["base"] == hand["base"]
-    with pytest.raises(ProvenanceError, match="split.counts=\\[2, 2, 2\\] but .*=\\[3, 2, 1\\]"):
+    with pytest.raises(ProvenanceError, match=r"split.counts=\[2, 2, 2\] but .*=\[3, 2, 1\]"):
         open_data(load_config(config, ["split.counts=[3,2,1]"]), split_file=path)
 
 

@@ -57,13 +57,6 @@ def stamp(settings: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(_flatten(settings), sort_keys=True, default=str))
 
 
-def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Keys (sorted) whose values differ between two stamps; a key missing on one side
-    differs too."""
-    old, new = stamp(recorded), stamp(current)
-    return [k for k in sorted(old.keys() | new.keys()) if old.get(k, _MISSING) != new.get(k, _MISSING)]
-
-
 def check(
     path: str | os.PathLike[str],
     recorded: Mapping[str, Any] | None,
