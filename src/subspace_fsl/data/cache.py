@@ -362,7 +362,13 @@ def prepare_raw(
             cub.download(
                 dataset["url"], archive, dataset["md5"], dataset["size_bytes"], progress=progress
             )
-            cub.extract(archive, root)
+            try:
+                cub.extract(archive, root)
+            except DatasetError as exc:  # refused: never offered again as a usable archive
+                aside = archive.with_name(archive.name + ".bad")
+                os.replace(archive, aside)
+                cub.record_path(archive).unlink(missing_ok=True)
+                raise DatasetError(f"{exc}; moved aside to {aside}") from exc
         return cub.read_cub(root, dataset["crop_to_bbox"]), root, None
     if source == "folder":
         if dataset["crop_to_bbox"]:
