@@ -123,3 +123,42 @@ def test_the_workflow_reruns_split_when_split_counts_change_and_only_then(tmp_pa
     assert "rule split:" in dry and "rule prepare:" not in dry
     _snakemake(tmp_path, config, str(split_file))
     assert json.loads(split_file.read_text())["counts"] == [4, 1, 1]
+
+
+def test_an_evaluation_is_current_only_for_its_checkpoint_split_and_settings(tmp_path: Path):
+    import shutil
+
+    from subspace_fsl.engine.evaluate import check_evaluation, evaluate
+    from subspace_fsl.engine.train import train
+
+    base = {**settings(tmp_path, [2, 2, 2]),
+            "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
+                      "subspace_dim": 4},
+            "train": {"way": 2, "shot": 2, "query": 2, "max_episodes": 2, "val_every": 2,
+                      "val_episodes": 2, "checkpoint_every": 2, "log_every": 2},
+            "eval": {"query": 2, "episodes": 4, "batch_size": 36},
+            "tracking": {"enabled": False},
+            "runtime": {"threads": 1, "progress": "none", "device": "cpu"}}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(base))
+    cfg = load_config(config)
+    run = tmp_path / "run"
+    train(cfg, run)
+    split_file = tmp_path / "results" / "splits" / "tiny.json"
+    out = run / "eval" / "val"
+    evaluate(cfg, run / "best.pt", "val", out)
+    summary = check_evaluation(out, cfg, run / "best.pt", "val", split_file)
+    assert summary["provenance"]["eval.episodes"] == 4
+
+    with pytest.raises(ProvenanceError, match=r"summary.json was made with eval.episodes=4 .*=8"):
+        check_evaluation(out, load_config(config, ["eval.episodes=8"]), run / "best.pt", "val",
+                         split_file)
+    # another checkpoint (another training seed) in its place: not this evaluation's
+    train(load_config(config, ["train.seed=1"]), tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "best.pt", run / "best.pt")
+    with pytest.raises(ProvenanceError, match="checkpoint="):
+        check_evaluation(out, cfg, run / "best.pt", "val", split_file)
+    # a re-evaluation that fails leaves no summary that looks current
+    with pytest.raises(ValueError, match=r"eval\.query"):
+        evaluate(load_config(config, ["eval.query=50"]), run / "best.pt", "val", out)
+    assert not (out / "summary.json").exists()
