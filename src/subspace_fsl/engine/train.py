@@ -8,10 +8,12 @@
                        every ``train.checkpoint_every`` episodes and after each validation;
 - ``best.pt``          the weights with the best mean validation accuracy (plus the config);
 - ``history.csv``      episode, train loss/acc, l1, l2 (window means), val acc / ci95, lr;
-- ``train_summary.json`` final metrics, then ``done`` (last: a finished run is a no-op).
+- ``train_summary.json`` final metrics, then ``done`` (last: a finished run trains nothing;
+                       a missing output is rewritten from ``checkpoint.pt``).
 
-Killed at any moment and started again with the same command, a run resumes from its last
-checkpoint and ends with exactly the metrics of an uninterrupted run (same machine).
+Killed at any moment (SIGKILL, Ctrl-C, SIGTERM) and started again with the same command, a run
+resumes from its last checkpoint and ends with exactly the metrics of an uninterrupted run
+(same machine). :class:`TrainingRun` holds the lifecycle's rules in one place.
 """
 
 from __future__ import annotations
