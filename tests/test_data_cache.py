@@ -201,3 +201,69 @@ def test_cli_prepare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         == 2
     )
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_meta_holds_the_checksum_of_the_bytes_written(tmp_path: Path) -> None:
+    import hashlib
+
+    cache_dir = prepare(_config(tmp_path), workers=1, progress=False)
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    independent = hashlib.sha256((cache_dir / "images.npy").read_bytes()).hexdigest()
+    assert meta["images_sha256"] == f"sha256:{independent}"
+
+
+def test_a_cache_overwritten_with_zeros_of_the_same_size_is_refused_then_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = _config(tmp_path)
+    cache_dir = prepare(cfg, workers=1, progress=False)
+    ImageCache.open(cache_dir)  # verified (the record written at build time)
+    images = cache_dir / "images.npy"
+    header = np.load(images, mmap_mode="r").offset
+    size = images.stat().st_size
+    with open(images, "r+b") as handle:  # same size, same header, black images
+        handle.seek(header)
+        handle.write(bytes(size - header))
+    assert images.stat().st_size == size
+    with pytest.raises(CacheError, match=r"images\.npy has checksum .* its bytes changed"):
+        ImageCache.open(cache_dir)
+    with pytest.raises(CacheError, match=str(images)):
+        cli_main_train_data(cfg, cache_dir)
+    # prepare, the cache's producer, rebuilds it (and says why)
+    caplog.set_level(logging.WARNING)
+    prepare(cfg, workers=1, progress=False)
+    assert "its bytes changed" in caplog.text
+    assert ImageCache.open(cache_dir).images.max() > 0
+
+
+def cli_main_train_data(cfg: dict, cache_dir: Path) -> None:
+    """What train and evaluate do first: open the cache they are given."""
+    from subspace_fsl.engine.data import open_data
+
+    open_data(cfg, cache_dir=cache_dir)
+
+
+def test_verification_hashes_once_per_state_of_the_file(tmp_path: Path) -> None:
+    cache_dir = prepare(_config(tmp_path), workers=1, progress=False)
+    record = cache_dir / "images.npy.verified"
+    assert record.is_file()  # written while building: the first open does not hash
+    # a record for another state of the file is not trusted: the file is hashed again
+    stale = {**json.loads(record.read_text()), "mtime_ns": 1}
+    record.write_text(json.dumps(stale))
+    ImageCache.open(cache_dir)
+    state = (cache_dir / "images.npy").stat()
+    assert json.loads(record.read_text())["mtime_ns"] == state.st_mtime_ns
+
+
+def test_a_cache_given_to_train_with_other_preprocessing_settings_is_refused(
+    tmp_path: Path,
+) -> None:
+    from subspace_fsl.engine.data import open_data
+    from subspace_fsl.provenance import ProvenanceError
+
+    cache_dir = prepare(_config(tmp_path), workers=1, progress=False)
+    with pytest.raises(ProvenanceError) as error:
+        open_data(_config(tmp_path, "dataset.image_size=24"), cache_dir=cache_dir)
+    message = str(error.value)
+    assert str(cache_dir / "meta.json") in message
+    assert "dataset.image_size=32" in message and "dataset.image_size=24" in message

@@ -243,3 +243,68 @@ def test_prepare_cub_from_a_file_url_then_offline(tmp_path: Path) -> None:
     (tmp_path / "data" / "CUB_200_2011.tgz").unlink()
     offline = load_config(None, [*settings, "dataset.url=file:///nowhere/CUB_200_2011.tgz"])
     assert prepare(offline, workers=1, progress=False) == cache.directory
+
+
+def test_without_md5_only_an_unchanged_archive_from_the_same_url_is_reused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+
+    from subspace_fsl.data.cub import record_path
+
+    caplog.set_level(logging.INFO)
+    first, _ = make_archive(tmp_path / "a")
+    other = tmp_path / "b" / "CUB_200_2011.tgz"
+    other.parent.mkdir()
+    other.write_bytes(first.read_bytes() + b"\0" * 1024)  # another file, same name
+    dest = tmp_path / "data" / "CUB_200_2011.tgz"
+    download(first.as_uri(), dest, None, progress=False)
+    record = json.loads(record_path(dest).read_text())
+    assert record["url"] == first.as_uri() and record["md5_verified"] is False
+    assert record["md5"] == hashlib.md5(first.read_bytes()).hexdigest()
+    caplog.clear()
+    download(first.as_uri(), dest, None, progress=False)
+    assert "NOT verified" in caplog.text and "using the verified" not in caplog.text
+    # dataset.url changed: the old file is not the one asked for; it is fetched from the URL
+    caplog.clear()
+    download(other.as_uri(), dest, None, progress=False)
+    assert dest.read_bytes() == other.read_bytes()
+    assert "it was downloaded from" in caplog.text and "using the" not in caplog.text
+    # changed after the download (same URL): fetched again
+    dest.write_bytes(b"x" * dest.stat().st_size)
+    download(other.as_uri(), dest, None, progress=False)
+    assert dest.read_bytes() == other.read_bytes()
+    # a file put there by hand (no record) is never called verified
+    record_path(dest).unlink()
+    caplog.clear()
+    download(other.as_uri(), dest, None, progress=False)
+    assert "no download record" in caplog.text and "using the" not in caplog.text
+
+
+def test_an_archive_refused_once_is_not_reused_after_the_url_is_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from subspace_fsl.config import load_config
+    from subspace_fsl.data.cache import ImageCache, prepare
+
+    good, _ = make_archive(tmp_path / "good")
+    wrong = tmp_path / "wrong" / "CUB_200_2011.tgz"
+    wrong.parent.mkdir()
+    wrong.write_bytes(b"<html>not the archive</html>")
+    settings = [
+        "dataset.source=cub", "dataset.name=cub", "dataset.md5=null",
+        "dataset.size_bytes=null", f"data_dir={tmp_path / 'data'}",
+        f"results_dir={tmp_path / 'results'}", "dataset.image_size=16",
+    ]
+    with pytest.raises(DatasetError, match=r"(?s)cannot extract .* moved aside"):
+        prepare(load_config(None, [*settings, f"dataset.url={wrong.as_uri()}"]),
+                workers=1, progress=False)
+    caplog.set_level(logging.INFO)
+    fixed = load_config(None, [*settings, f"dataset.url={good.as_uri()}"])
+    cache = ImageCache.open(prepare(fixed, workers=1, progress=False))
+    assert "using the verified archive" not in caplog.text
+    assert cache.class_names == ["001.Bird_1", "002.Bird_2", "003.Bird_3"]
+    assert (tmp_path / "data" / "CUB_200_2011.tgz").read_bytes() == good.read_bytes()

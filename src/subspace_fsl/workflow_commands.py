@@ -16,17 +16,26 @@ def _cfg(args: argparse.Namespace) -> dict:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    """Class names of the cache (class_id order) -> ``make_split`` -> ``save_split``."""
+    """Class names of the cache (class_id order) -> ``make_split`` -> ``save_split``.
+
+    The split file's producer: an existing file is replaced (atomically) whatever it was
+    made from, and the log says which setting changed; consumers only ever refuse one."""
+    from subspace_fsl import provenance
     from subspace_fsl.data.cache import ImageCache
-    from subspace_fsl.data.splits import make_split, save_split
+    from subspace_fsl.data.splits import check_split_settings, load_split, make_split, save_split
 
     cfg = _cfg(args)
-    cache = ImageCache.open(args.cache or paths.cache_dir(cfg))
-    classes = cache.index[["class_id", "class_name"]].drop_duplicates().sort_values("class_id")
+    cache = ImageCache.open(args.cache or paths.cache_dir(cfg), verify=False)
+    names = [str(n) for n in cache.class_names]
     settings = cfg["split"]
-    split = make_split([str(n) for n in classes["class_name"]], settings["rule"],
-                       settings["counts"], settings["seed"])
-    out = save_split(split, args.out or paths.split_path(cfg))
+    out = Path(args.out or paths.split_path(cfg))
+    if out.is_file():
+        try:
+            check_split_settings(load_split(out), out, names, settings)
+        except (provenance.ProvenanceError, ValueError) as exc:
+            print(f"replacing {out}: {exc}")
+    split = make_split(names, settings["rule"], settings["counts"], settings["seed"])
+    save_split(split, out)
     print(f"{out}: rule {split['rule']}, {len(split['base'])} base / {len(split['val'])} "
           f"validation / {len(split['novel'])} novel classes")
     return 0

@@ -25,6 +25,16 @@ wildcard_constraints:
     split="|".join(paths.SPLITS),
 
 
+def data_args(*sections):
+    """--set arguments of the top-level settings (paths) and the given sections only: the
+    data jobs' params, so that a changed split.counts re-runs `split` (and what depends on
+    it) while a changed train.* or eval.* setting leaves the cache and the split alone."""
+    return grid.cli_overrides(
+        {k: v for k, v in grid.result_settings(config).items()
+         if not isinstance(v, dict) or k in sections}
+    )
+
+
 def run_args(wildcards):
     """--set arguments with the complete result settings of one run (not the grid)."""
     return grid.cli_overrides(grid.run_settings(config, wildcards.method, wildcards.run))

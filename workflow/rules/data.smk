@@ -8,7 +8,7 @@ if config["dataset"]["source"] == "synthetic":
         output:
             directory(paths.raw_root(config)),
         params:
-            settings=CONFIG_ARGS,
+            settings=data_args("dataset"),
         log:
             LOGS / "synthesise.log",
         threads: 2
@@ -26,7 +26,7 @@ rule prepare:
     output:
         directory(paths.cache_dir(config)),
     params:
-        settings=CONFIG_ARGS,
+        settings=data_args("dataset"),
         runtime=RUNTIME_ARGS,
     log:
         LOGS / "prepare.log",
@@ -45,7 +45,7 @@ rule split:
     output:
         paths.split_path(config),
     params:
-        settings=CONFIG_ARGS,
+        settings=data_args("dataset", "split"),
     log:
         LOGS / "split.log",
     resources:
@@ -60,7 +60,7 @@ rule init_tracking:
     output:
         paths.tracking_marker(config),
     params:
-        settings=CONFIG_ARGS,
+        settings=data_args("dataset"),
         runtime=RUNTIME_ARGS,
     log:
         LOGS / "init_tracking.log",

@@ -40,6 +40,7 @@ def write_random_cache(
 ) -> Path:
     """A cache folder of random images, classes of (nearly) equal size, in the cache format."""
     from subspace_fsl.data.cache import cache_meta
+    from subspace_fsl.provenance import file_digest
 
     rng = np.random.default_rng(seed)
     shape = (n_images, 3, size, size)
@@ -59,7 +60,7 @@ def write_random_cache(
                 "class_name": [f"{c:03d}.class" for c in class_ids],
             }
         ).to_csv(tmp / "index.csv", index=False)
-        meta = cache_meta(shape, size, False, "random", tmp)
+        meta = cache_meta(shape, size, False, "random", tmp, file_digest(tmp / "images.npy"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return directory
 

@@ -2,10 +2,14 @@
 
 A cache folder holds ``images.npy`` (uint8, written through ``np.lib.format.open_memmap``),
 ``index.csv`` (image_id, path relative to the data root, class_id, class_name) and
-``meta.json`` (format version, shapes, preprocessing settings, the source's stamp and the
-combined ``stamp``). The folder is built under a temporary name and renamed when complete.
+``meta.json`` (format version, shapes, preprocessing settings, the source's stamp, the
+combined ``stamp`` and ``images_sha256``, the checksum of ``images.npy`` computed while it was
+written). The folder is built under a temporary name and renamed when complete.
 ``prepare(cfg)`` reuses a cache only when its stamp equals the one the configuration and the
-current source data give; otherwise it rebuilds it (and logs why).
+current source data give and its bytes match the checksum; otherwise it rebuilds it (and logs
+why). ``ImageCache.open`` verifies the checksum once per state of the file: the verified
+(size, mtime_ns, ctime_ns, inode) are kept in ``images.npy.verified``; any write to the file
+changes them, and the next open hashes it again.
 """
 
 from __future__ import annotations
@@ -25,14 +29,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from subspace_fsl.config import atomic_directory
+from subspace_fsl import provenance
+from subspace_fsl.config import atomic_directory, atomic_write_text
 from subspace_fsl.data.cub import DatasetError
 from subspace_fsl.data.images import load_image
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# 2: meta.json holds images_sha256 (a version-1 cache is rebuilt by prepare)
+FORMAT_VERSION = 2
 INDEX_COLUMNS = ["image_id", "path", "class_id", "class_name"]
+IMAGES, VERIFIED = "images.npy", "images.npy.verified"
 
 
 class CacheError(ValueError):
@@ -110,12 +117,16 @@ def build_cache(
     with atomic_directory(out_dir) as tmp:
         shape = (len(paths), 3, image_size, image_size)
         images = np.lib.format.open_memmap(
-            tmp / "images.npy", mode="w+", dtype=np.uint8, shape=shape
+            tmp / IMAGES, mode="w+", dtype=np.uint8, shape=shape
         )
+        # the file's bytes are the .npy header then the rows in order: hash them as written
+        with open(tmp / IMAGES, "rb") as handle:
+            digest = hashlib.sha256(handle.read(images.offset))
         tasks = [(p, b, image_size, resize) for p, b in zip(paths, boxes, strict=True)]
         bar = tqdm(total=len(tasks), desc=f"cache {out_dir.name}", unit="img", disable=not progress)
         for i, array in enumerate(_decoded(tasks, workers)):
             images[i] = array
+            digest.update(images[i])
             bar.update()
         bar.close()
         images.flush()
@@ -129,8 +140,10 @@ def build_cache(
             }
         )
         index.to_csv(tmp / "index.csv", index=False)
-        meta = cache_meta(shape, resize, crop_to_bbox, source_stamp, root)
+        images_digest = f"sha256:{digest.hexdigest()}"
+        meta = cache_meta(shape, resize, crop_to_bbox, source_stamp, root, images_digest)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        _record_verified(tmp, images_digest)  # hashed while written: no need to read it again
     return out_dir
 
 
@@ -140,8 +153,10 @@ def cache_meta(
     crop_to_bbox: bool,
     source_stamp: str,
     root: str | os.PathLike[str],
+    images_digest: str,
 ) -> dict[str, Any]:
-    """The ``meta.json`` of a cache of uint8 images ``shape`` = [n, 3, size, size]."""
+    """The ``meta.json`` of a cache of uint8 images ``shape`` = [n, 3, size, size];
+    ``images_digest`` is ``provenance.file_digest`` of its ``images.npy``."""
     image_size = int(shape[-1])
     return {
         "format_version": FORMAT_VERSION,
@@ -153,7 +168,76 @@ def cache_meta(
         "source_stamp": source_stamp,
         "data_root": str(root),
         "stamp": cache_stamp(source_stamp, image_size, resize, crop_to_bbox),
+        "images_sha256": images_digest,
     }
+
+
+def _file_state(path: Path) -> dict[str, int]:
+    """What any write, truncation or replacement of a file changes (ctime cannot be set
+    back by a user, unlike mtime)."""
+    info = path.stat()
+    return {
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "ctime_ns": info.st_ctime_ns,
+        "inode": info.st_ino,
+    }
+
+
+def _record_verified(directory: Path, digest: str) -> None:
+    """Note that ``images.npy`` in its current state has ``digest`` (best effort: a read-only
+    cache is simply verified again next time)."""
+    record = {**_file_state(directory / IMAGES), "images_sha256": digest}
+    try:
+        atomic_write_text(directory / VERIFIED, json.dumps(record) + "\n")
+    except OSError as exc:
+        log.debug("cannot record the verified state of %s: %s", directory / IMAGES, exc)
+
+
+def verify_images(directory: str | os.PathLike[str], expected: str | None) -> None:
+    """Raise ``CacheError`` unless ``images.npy`` has the checksum ``expected`` (from
+    ``meta.json``). Hashes the file only when its (size, mtime_ns, ctime_ns, inode) differ
+    from those recorded at its last successful verification."""
+    directory = Path(directory)
+    path = directory / IMAGES
+    if not expected:
+        raise CacheError(f"{directory / 'meta.json'} records no images_sha256; rebuild the cache")
+    try:
+        record = json.loads((directory / VERIFIED).read_text())
+    except (OSError, ValueError):
+        record = {}
+    if record == {**_file_state(path), "images_sha256": expected}:
+        return
+    actual = provenance.file_digest(path)
+    if actual != expected:
+        raise CacheError(
+            f"{path} has checksum {actual[:19]}..., meta.json says {expected[:19]}...: its bytes "
+            f"changed after the cache was built; delete {directory} and run prepare again"
+        )
+    _record_verified(directory, expected)
+
+
+def check_cache_settings(cache: ImageCache, cfg: Mapping[str, Any]) -> None:
+    """Raise ``provenance.ProvenanceError`` when the cache was made with other
+    preprocessing settings (``dataset.image_size``, ``resize``, ``crop_to_bbox``) than
+    ``cfg``'s: the images a run would see are not the ones its settings describe."""
+    dataset = cfg["dataset"]
+    meta = cache.meta
+
+    def settings(image_size: int, resize: int | None, crop: bool) -> dict[str, Any]:
+        return {
+            "dataset.image_size": image_size,
+            "dataset.resize": resize or image_size,
+            "dataset.crop_to_bbox": bool(crop),
+        }
+
+    provenance.check(
+        cache.directory / "meta.json",
+        settings(meta["image_size"], meta["resize"], meta["crop_to_bbox"]),
+        settings(dataset["image_size"], dataset["resize"], dataset["crop_to_bbox"]),
+        remedy="run `subspace-fsl prepare` with the current settings or pass the cache made "
+        "with them",
+    )
 
 
 def _decoded(
@@ -199,8 +283,10 @@ class ImageCache:
         return ImageCache(self.directory, np.array(self.images), self.index, self.labels, self.meta)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str]) -> ImageCache:
-        """Open a cache folder, checking its format version, shapes and index."""
+    def open(cls, directory: str | os.PathLike[str], verify: bool = True) -> ImageCache:
+        """Open a cache folder, checking its format version, shapes and index and (``verify``)
+        the checksum of ``images.npy`` (see ``verify_images``; skipped only by callers that
+        read just the index, such as ``subspace-fsl split``)."""
         directory = Path(directory)
         meta_path = directory / "meta.json"
         if not meta_path.is_file():
@@ -232,6 +318,8 @@ class ImageCache:
                 f"{directory / 'index.csv'} has columns {list(index.columns)} and "
                 f"{len(index)} rows; expected {INDEX_COLUMNS} and {images.shape[0]}"
             )
+        if verify:
+            verify_images(directory, meta.get("images_sha256"))
         labels = index["class_id"].to_numpy(dtype=np.int64)
         return cls(directory, images, index, labels, meta)
 
@@ -274,7 +362,13 @@ def prepare_raw(
             cub.download(
                 dataset["url"], archive, dataset["md5"], dataset["size_bytes"], progress=progress
             )
-            cub.extract(archive, root)
+            try:
+                cub.extract(archive, root)
+            except DatasetError as exc:  # refused: never offered again as a usable archive
+                aside = archive.with_name(archive.name + ".bad")
+                os.replace(archive, aside)
+                cub.record_path(archive).unlink(missing_ok=True)
+                raise DatasetError(f"{exc}; moved aside to {aside}") from exc
         return cub.read_cub(root, dataset["crop_to_bbox"]), root, None
     if source == "folder":
         if dataset["crop_to_bbox"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,8 @@ from typing import BinaryIO
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
+
+from subspace_fsl.config import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,62 @@ def _verify(path: Path, md5: str | None, size_bytes: int | None, dest: Path) -> 
             raise ChecksumError(f"{path} has MD5 {actual}, expected {md5}; moved aside to {aside}")
 
 
+def record_path(dest: str | os.PathLike[str]) -> Path:
+    """``<archive>.source.json``: what was checked about the archive, written beside it."""
+    dest = Path(dest)
+    return dest.with_name(dest.name + ".source.json")
+
+
+def _write_record(dest: Path, url: str, md5: str | None, size_bytes: int | None) -> None:
+    """Record the URL, size and MD5 of ``dest`` and which of them matched an expected value
+    (``dataset.md5`` / ``dataset.size_bytes``); null expected values mean not verified."""
+    record = {
+        "url": url,
+        "size": dest.stat().st_size,
+        "md5": md5sum(dest),
+        "md5_verified": md5 is not None,
+        "size_verified": size_bytes is not None,
+    }
+    atomic_write_text(record_path(dest), json.dumps(record, indent=1) + "\n")
+
+
+def _reusable(dest: Path, url: str, md5: str | None, size_bytes: int | None) -> str | None:
+    """Why an existing ``dest`` may be used (a log phrase), or None: download it again.
+
+    With ``md5`` the file is checked against it (the URL it came from does not matter);
+    without, only a file this code downloaded from the same ``url`` and unchanged since (its
+    size and MD5 equal the record's) is used, and it is called unverified."""
+    if md5 is not None:
+        try:
+            _verify(dest, md5, size_bytes, dest)
+        except ChecksumError as exc:
+            log.warning("%s; downloading it again", exc)
+            return None
+        _write_record(dest, url, md5, size_bytes)
+        return f"using the verified archive {dest} (MD5 {md5.lower()} as dataset.md5 says)"
+    try:
+        record = json.loads(record_path(dest).read_text())
+    except (OSError, ValueError):
+        record = None
+    reason = None
+    if record is None:
+        reason = f"it has no download record ({record_path(dest).name}), dataset.md5 is null"
+    elif record.get("url") != url:
+        reason = f"it was downloaded from {record.get('url')}, dataset.url is now {url}"
+    elif record.get("size") != dest.stat().st_size or record.get("md5") != md5sum(dest):
+        reason = "it changed since it was downloaded"
+    elif size_bytes is not None and record["size"] != size_bytes:
+        reason = f"it has {record['size']} bytes, dataset.size_bytes is {size_bytes}"
+    if reason is not None:
+        aside = _set_aside(dest, reason, dest)
+        log.warning("not using %s (moved aside to %s); downloading %s again", dest, aside, url)
+        return None
+    return (
+        f"using the archive {dest}, downloaded from {url} and unchanged since (NOT verified: "
+        f"dataset.md5 is null; its MD5 is {record['md5']})"
+    )
+
+
 def download(
     url: str,
     dest: str | os.PathLike[str],
@@ -83,25 +142,30 @@ def download(
 ) -> Path:
     """Fetch ``url`` (http(s):// or file://) to the file ``dest`` and verify it; return ``dest``.
 
-    An existing ``dest`` is verified and reused (a bad one is moved aside to ``.bad`` and
-    fetched again). Bytes go to ``dest.part``, which an interrupted download leaves behind and
-    the next attempt continues with an HTTP Range request (``retries`` attempts per call);
-    only a complete, verified file is renamed to ``dest``. A checksum mismatch after the
-    download raises ``ChecksumError`` and moves the file aside.
+    An existing ``dest`` is reused only as ``_reusable`` allows (a bad one is moved aside to
+    ``.bad`` and fetched again). Bytes go to ``dest.part``, which an interrupted download
+    leaves behind and the next attempt continues with an HTTP Range request (``retries``
+    attempts per call) when it came from the same URL (``.part.url``); only a complete,
+    verified file is renamed to ``dest``, and ``dest.source.json`` records its URL, size and
+    MD5 and whether they were verified. A checksum mismatch after the download raises
+    ``ChecksumError`` and moves the file aside.
     """
     dest = Path(dest)
     if dest.is_file():
-        try:
-            _verify(dest, md5, size_bytes, dest)
-            log.info("using the verified archive %s", dest)
+        reuse = _reusable(dest, url, md5, size_bytes)
+        if reuse is not None:
+            log.info("%s", reuse)
             return dest
-        except ChecksumError as exc:
-            log.warning("%s; downloading it again", exc)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     scheme = urllib.parse.urlparse(url).scheme
     if scheme not in ("http", "https", "file"):
         raise ValueError(f"dataset.url {url!r}: only http(s):// and file:// URLs are supported")
+    part_url = part.with_name(part.name + ".url")
+    if part.exists() and (not part_url.is_file() or part_url.read_text() != url):
+        log.warning("%s is not a part of %s; starting again", part, url)
+        part.unlink()
+    atomic_write_text(part_url, url)
     for attempt in range(retries + 1):
         try:
             _fetch(url, part, size_bytes, progress, timeout)
@@ -126,7 +190,12 @@ def download(
             )
             time.sleep(min(2**attempt, 10) * 0.1)
     _verify(part, md5, size_bytes, dest)
+    record_path(dest).unlink(missing_ok=True)  # the old record describes the old file
     os.replace(part, dest)
+    part_url.unlink(missing_ok=True)
+    _write_record(dest, url, md5, size_bytes)
+    if md5 is None:
+        log.warning("downloaded %s from %s; NOT verified (dataset.md5 is null)", dest, url)
     return dest
 
 

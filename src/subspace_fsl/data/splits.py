@@ -7,6 +7,10 @@
 - ``frn`` (Wertheimer et al. 2021): CUB's 1-based class ids (the order of ``classes.txt``);
   base id % 2 == 0, val id % 4 == 1, novel id % 4 == 3.
 The fixed rules exist only for CUB's 200 classes; anything else is an error.
+
+A split file records what it was made from (``provenance``: ``split.rule``, ``split.seed`` and
+``split.counts`` as they act, plus the digest of the class list in class_id order);
+``check_split_settings`` refuses a file whose record differs from the current settings.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from subspace_fsl import provenance
 from subspace_fsl.config import atomic_write_text
 
 RULES = ("random", "closer-look", "frn")
@@ -58,7 +63,8 @@ def make_split(
     counts: Sequence[float] = (100, 50, 50),
     seed: int = 0,
 ) -> dict[str, Any]:
-    """``{"rule", "seed", "counts", "base", "val", "novel"}`` (class names).
+    """``{"rule", "seed", "counts", "base", "val", "novel", "provenance"}`` (class names;
+    ``provenance`` is ``split_provenance`` of the arguments).
 
     ``class_names`` must be in class_id order (CUB's ``classes.txt`` order); each set keeps
     that order. ``seed`` is recorded as null for the fixed rules, which do not use it.
@@ -73,7 +79,7 @@ def make_split(
         # sorted positions: each set keeps the data set's class order
         groups = [np.sort(p) for p in np.split(permutation, np.cumsum(sizes)[:-1])]
         sets = {s: [names[i] for i in g] for s, g in zip(SETS, groups, strict=True)}
-        return _split(rule, seed, sets)
+        return _split(rule, seed, sets, split_provenance(names, rule, counts, seed))
     if rule in ("closer-look", "frn"):
         if len(names) != CUB_CLASSES:
             raise SplitError(
@@ -93,7 +99,7 @@ def make_split(
         if rule == "closer-look":
             position = {n: i for i, n in enumerate(names)}
             sets = {s: sorted(v, key=position.__getitem__) for s, v in sets.items()}
-        return _split(rule, None, sets)
+        return _split(rule, None, sets, split_provenance(names, rule, counts, seed))
     raise SplitError(f"unknown split rule {rule!r}; choose one of: {', '.join(RULES)}")
 
 
@@ -108,8 +114,58 @@ def _cub_id(name: str, position: int) -> int:
     return position + 1
 
 
-def _split(rule: str, seed: int | None, sets: dict[str, list[str]]) -> dict[str, Any]:
-    return {"rule": rule, "seed": seed, "counts": [len(sets[s]) for s in SETS], **sets}
+def _split(
+    rule: str, seed: int | None, sets: dict[str, list[str]], made_from: dict[str, Any]
+) -> dict[str, Any]:
+    counts = [len(sets[s]) for s in SETS]
+    return {"rule": rule, "seed": seed, "counts": counts, **sets, "provenance": made_from}
+
+
+def split_provenance(
+    class_names: Sequence[str], rule: str, counts: Sequence[float], seed: int
+) -> dict[str, Any]:
+    """What a split made now from these settings depends on: the rule; for ``random`` the
+    seed and the counts resolved to integers (``[0.5, 0.25, 0.25]`` and ``[100, 50, 50]``
+    make the same CUB split; the fixed rules use neither); the ordered class list."""
+    random = rule == "random"
+    return provenance.stamp(
+        {
+            "split.rule": rule,
+            "split.seed": seed if random else None,
+            "split.counts": split_counts(len(class_names), counts) if random else None,
+            "classes": provenance.names_digest([str(n) for n in class_names]),
+        }
+    )
+
+
+def check_split_settings(
+    split: dict[str, Any],
+    path: str | os.PathLike[str],
+    class_names: Sequence[str],
+    settings: dict[str, Any],
+) -> None:
+    """Raise ``provenance.ProvenanceError`` (naming the file, the setting and both values)
+    when the split file was made from other ``split.*`` settings or another class list than
+    ``settings`` and ``class_names`` give now.
+
+    A file without a ``provenance`` record (written by hand, or by an older version) is
+    judged by its own ``rule`` / ``seed`` / ``counts`` fields."""
+    current = split_provenance(class_names, settings["rule"], settings["counts"], settings["seed"])
+    recorded = split.get("provenance")
+    if recorded is None:
+        random = split["rule"] == "random"
+        recorded = {
+            "split.rule": split["rule"],
+            "split.seed": split["seed"] if random else None,
+            "split.counts": split["counts"] if random else None,
+        }
+        current.pop("classes")  # a hand-made file names its classes; load_split checked them
+    provenance.check(
+        path,
+        recorded,
+        current,
+        remedy="run `subspace-fsl split` with the current settings to remake it (or delete it)",
+    )
 
 
 def check_split(

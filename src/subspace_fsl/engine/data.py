@@ -103,20 +103,26 @@ def place_cache(data: EngineData, runtime: Any) -> bool:
 def resolve_split(
     cfg: Mapping[str, Any], split_file: str | os.PathLike[str] | None, class_names: list[str]
 ) -> tuple[dict[str, Any], Path]:
-    """Load the split file; create it from ``cfg['split']`` when it does not exist yet."""
-    from subspace_fsl.data.splits import load_split, make_split, save_split
+    """Load the split file; create it from ``cfg['split']`` when it does not exist yet.
+
+    An existing file made from other ``split.*`` settings or another class list is refused
+    (``provenance.ProvenanceError`` names the file, the setting and both values): only
+    ``subspace-fsl split``, the file's producer, replaces one."""
+    from subspace_fsl.data.splits import check_split_settings, load_split, make_split, save_split
 
     if split_file is None:
         from subspace_fsl.paths import split_path
 
         split_file = split_path(cfg)
     path = Path(split_file)
+    settings = cfg["split"]
     if not path.is_file():
-        settings = cfg["split"]
         split = make_split(class_names, settings["rule"], settings["counts"], settings["seed"])
         save_split(split, path)
         log.info("made class split %s (rule %s)", path, settings["rule"])
-    return load_split(path, class_names), path
+    split = load_split(path, class_names)
+    check_split_settings(split, path, class_names, settings)
+    return split, path
 
 
 def open_data(
@@ -128,11 +134,15 @@ def open_data(
 ) -> EngineData:
     """Open (building if needed) the configuration's image cache and its class split.
 
-    ``progress`` shows bars while raw data or the cache are being built."""
-    from subspace_fsl.data.cache import ImageCache, prepare
+    The cache's bytes are verified against the checksum in its ``meta.json`` and its
+    preprocessing settings against ``cfg['dataset']`` (a cache given with ``cache_dir`` made
+    at another ``dataset.image_size`` is refused, never used). ``progress`` shows bars while
+    raw data or the cache are being built."""
+    from subspace_fsl.data.cache import ImageCache, check_cache_settings, prepare
 
     directory = Path(cache_dir) if cache_dir is not None else prepare(cfg, progress=progress)
-    cache = ImageCache.open(directory)
+    cache = ImageCache.open(directory, verify=True)
+    check_cache_settings(cache, cfg)
     split, path = resolve_split(cfg, split_file, [str(n) for n in cache.class_names])
     return EngineData(cache=cache, split=split, split_file=path)
 

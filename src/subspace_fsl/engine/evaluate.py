@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from subspace_fsl import provenance
 from subspace_fsl.config import atomic_write_text, save_config
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
@@ -190,6 +191,50 @@ def checkpoint_settings(
     return used
 
 
+def evaluation_record(
+    cfg: Mapping[str, Any],
+    checkpoint: str | os.PathLike[str],
+    split_name: str,
+    split_file: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """What an evaluation's numbers depend on: the checkpoint's and the split file's bytes
+    (sha256), the split evaluated, the episode shape (``train.way``, ``train.shot``,
+    ``eval.query``), ``eval.episodes`` and ``eval.seed``. Stored as ``provenance`` in
+    ``summary.json``."""
+    return provenance.stamp(
+        {
+            "checkpoint": provenance.file_digest(checkpoint),
+            "split_file": provenance.file_digest(split_file),
+            "split": split_name,
+            "train": {"way": cfg["train"]["way"], "shot": cfg["train"]["shot"]},
+            "eval": {k: cfg["eval"][k] for k in ("episodes", "query", "seed")},
+        }
+    )
+
+
+def check_evaluation(
+    eval_dir: str | os.PathLike[str],
+    cfg: Mapping[str, Any],
+    checkpoint: str | os.PathLike[str],
+    split_name: str,
+    split_file: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """The ``summary.json`` of ``eval_dir`` if it was made from exactly this checkpoint,
+    split file and these settings; else ``provenance.ProvenanceError`` naming the file, the
+    first differing input and both values (FileNotFoundError when there is none)."""
+    path = Path(eval_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluation {path} does not exist")
+    summary = json.loads(path.read_text())
+    provenance.check(
+        path,
+        summary.get("provenance"),
+        evaluation_record(cfg, checkpoint, split_name, split_file),
+        remedy="evaluate again (subspace-fsl evaluate, or the workflow)",
+    )
+    return summary
+
+
 def evaluate(
     cfg: Mapping[str, Any],
     checkpoint: str | os.PathLike[str],
@@ -202,14 +247,17 @@ def evaluate(
     """Evaluate a checkpoint on ``split_name`` (``novel``, or ``val`` for choosing lambdas).
 
     Writes ``episodes.csv`` (episode, seed, accuracy), ``config.yaml`` (the settings used:
-    :func:`checkpoint_settings`) and, last, ``summary.json``; logs them into the MLflow run
-    of the checkpoint's run directory.
+    :func:`checkpoint_settings`) and, last, ``summary.json`` (with ``provenance``:
+    ``evaluation_record``); logs them into the MLflow run of the checkpoint's run directory.
+    An earlier ``summary.json`` in ``out_dir`` is removed first, so an evaluation that fails
+    midway never leaves one that looks current.
     """
     from subspace_fsl import tracking
 
     if split_name not in SPLIT_NAMES:
         raise ValueError(f"split={split_name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
     out = Path(out_dir)
+    (out / "summary.json").unlink(missing_ok=True)  # written last, again, when all is done
     runtime = configure(cfg)
     model, state = load_model(checkpoint, runtime)
     # what was used, and what config.yaml records: the checkpoint's model, data and episodes
@@ -248,6 +296,7 @@ def evaluate(
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_episode": state.get("episode"),
         "data_stamp": data.stamp,
+        "provenance": evaluation_record(cfg, checkpoint, split_name, data.split_file),
     }
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(

@@ -8,18 +8,23 @@
                        every ``train.checkpoint_every`` episodes and after each validation;
 - ``best.pt``          the weights with the best mean validation accuracy (plus the config);
 - ``history.csv``      episode, train loss/acc, l1, l2 (window means), val acc / ci95, lr;
-- ``train_summary.json`` final metrics, then ``done`` (last: a finished run is a no-op).
+- ``train_summary.json`` final metrics, then ``done`` (last: a finished run trains nothing;
+                       a missing output is rewritten from ``checkpoint.pt``).
 
-Killed at any moment and started again with the same command, a run resumes from its last
-checkpoint and ends with exactly the metrics of an uninterrupted run (same machine).
+Killed at any moment (SIGKILL, Ctrl-C, SIGTERM) and started again with the same command, a run
+resumes from its last checkpoint and ends with exactly the metrics of an uninterrupted run
+(same machine). :class:`TrainingRun` holds the lifecycle's rules in one place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,10 +33,9 @@ from typing import Any
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.profiler import record_function
 
-from subspace_fsl.config import atomic_write_text, save_config
+from subspace_fsl.config import atomic_write_text, read_yaml, save_config
 from subspace_fsl.engine.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -228,7 +232,7 @@ def check_same_run(cfg: Mapping[str, Any], out: Path) -> None:
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    saved = read_yaml(saved_path, "run settings") or {}
     diff = _differences(saved, cfg)
     if diff:
         raise ValueError(
@@ -267,7 +271,426 @@ def _write_history(out: Path, history: list[dict[str, float]]) -> None:
     )
 
 
-# --- the loop --------------------------------------------------------------------------------
+# --- the run --------------------------------------------------------------------------------
+
+
+class RunError(ValueError):
+    """A run directory that cannot be continued as it is; names the directory and files."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM (Snakemake's and SLURM's cancel) in the main thread: the run ends as on
+    Ctrl-C (last checkpoint kept, MLflow run KILLED) and the process exits with 128 + 15."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class _Signals:
+    """Turns SIGTERM into :class:`Terminated` while a run is active; inside ``deferred()``
+    (an output being written) the signal is held and raised once the write is complete."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.depth = 0
+        self.previous: Any = None
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.depth:
+            self.pending = signum
+            return
+        raise Terminated(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+        if not self.depth and self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise Terminated(signum)
+
+
+class TrainingRun:
+    """One run directory from start (or resume) to the ``done`` marker.
+
+    The rules, in the order ``run()`` applies them:
+
+    - ``check_same_run``: a directory made with other result settings is refused;
+    - ``finished()``: with ``done`` present, every output it stands for (``best.pt``,
+      ``history.csv``, ``train_summary.json``) must exist; a missing one is rewritten from
+      ``checkpoint.pt`` (it holds the best weights, the history and the run's state), and
+      without ``checkpoint.pt`` the run is refused; nothing is trained again;
+    - ``setup()`` then ``resume()``: seeded build of data, model and trainer, then the state
+      of ``checkpoint.pt`` when there is one (exactly where the interrupted run was);
+    - ``step()`` per episode, ``validate()`` every ``train.val_every`` episodes (and at the
+      last), ``checkpoint()`` every ``train.checkpoint_every`` episodes and after each
+      validation; ``finish()`` writes the final outputs and ``done`` last;
+    - an exception, Ctrl-C or SIGTERM ends the MLflow run FAILED / KILLED / KILLED and keeps
+      the last checkpoint; a SIGTERM during a write is held until the file is complete.
+
+    Tracking goes through ``start_tracking``, ``track``, ``track_outputs`` and
+    ``end_tracking`` only.
+    """
+
+    def __init__(
+        self,
+        cfg: Mapping[str, Any],
+        out_dir: str | os.PathLike[str],
+        *,
+        split_file: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        from subspace_fsl.tracking import NullTracker
+
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.settings = cfg["train"]
+        self.split_file, self.cache_dir = split_file, cache_dir
+        self.state: dict[str, Any] = {
+            "episode": 0,
+            "best_val_acc": -1.0,
+            "best_episode": 0,
+            "bad_checks": 0,
+            "stopped": None,
+            "history": [],
+            "window": None,
+            # the best weights also live in checkpoint.pt, so best.pt can always be rewritten
+            # (a workflow manager deletes the outputs of an interrupted job before rerunning it)
+            "best_model": None,
+        }
+        self.window = _Window()
+        self.tracker: Any = NullTracker()
+        self.signals = _Signals()
+        self.feature_dim: int | None = None
+        self.last_val = math.nan
+        self.started = time.monotonic()
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state["history"]
+
+    # --- the finished marker ----------------------------------------------------------------
+
+    def finished(self) -> dict[str, Any] | None:
+        """The final metrics when ``done`` is present (missing outputs rewritten), else None."""
+        if not (self.out / DONE).is_file():
+            return None
+        outputs = {
+            BEST: self._write_best,
+            HISTORY: self._write_history,
+            SUMMARY: self._write_summary,
+        }
+        missing = [name for name in outputs if not (self.out / name).is_file()]
+        if missing:
+            if not (self.out / CHECKPOINT).is_file():
+                raise RunError(
+                    f"{self.out} is marked finished ({DONE}) but {', '.join(missing)} "
+                    f"{'is' if len(missing) == 1 else 'are'} missing and there is no "
+                    f"{CHECKPOINT} to rewrite {'it' if len(missing) == 1 else 'them'} from; "
+                    f"delete {self.out} to train the run again"
+                )
+            self._restore(load_checkpoint(self.out / CHECKPOINT, map_location="cpu"))
+            with self.signals.deferred():
+                for name in missing:
+                    outputs[name]()
+            log.warning(
+                "%s is finished but %s %s missing; rewrote %s from %s",
+                self.out,
+                ", ".join(missing),
+                "was" if len(missing) == 1 else "were",
+                "it" if len(missing) == 1 else "them",
+                CHECKPOINT,
+            )
+        else:
+            log.info("%s is finished; nothing to do", self.out)
+        return json.loads((self.out / SUMMARY).read_text())
+
+    # --- setup and resume -------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Seed, open the data, build model and trainer, check every shape; no file written."""
+        from subspace_fsl import tracking
+
+        cfg = self.cfg
+        self.runtime = configure(cfg)
+        seed_everything(self.settings["seed"])
+        self.data = open_data(
+            cfg,
+            split_file=self.split_file,
+            cache_dir=self.cache_dir,
+            progress=self.runtime.progress == "bar",
+        )
+        model = build_model(cfg)
+        check_training_config(cfg, self.data, model)
+        if cfg["tracking"]["enabled"]:
+            tracking.tracking_uri(cfg)  # refuse a bad URI before any work
+        self.trainer = EpisodeTrainer(cfg, self.data, model, self.runtime)
+        self.model = self.trainer.model
+        self.feature_dim = self.model.feature_dim
+        self.val_plan = evaluation_plan(
+            cfg, self.data, "val", episodes=self.settings["val_episodes"]
+        )
+
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt`` when there is one: weights, optimiser, scheduler,
+        sampler, RNG states and the run's counters, exactly as they were saved."""
+        if not (self.out / CHECKPOINT).is_file():
+            return
+        saved = load_checkpoint(self.out / CHECKPOINT, map_location="cpu")
+        trainer = self.trainer
+        trainer.model.load_state_dict(saved["model"])
+        trainer.optimizer.load_state_dict(saved["optimizer"])
+        if trainer.scheduler is not None:
+            trainer.scheduler.load_state_dict(saved["scheduler"])
+        trainer.sampler.load_state_dict(saved["sampler"])
+        set_rng_state(saved["rng"])
+        self._restore(saved)
+        log.info("resuming %s from episode %d", self.out, self.state["episode"])
+
+    def _restore(self, saved: Mapping[str, Any]) -> None:
+        self.state.update({k: saved[k] for k in self.state})
+        self.window = _Window(self.state["window"])
+        self.feature_dim = saved.get("feature_dim", self.feature_dim)
+        self.last_val = next(
+            (r["val_acc"] for r in reversed(self.history) if not math.isnan(r["val_acc"])),
+            math.nan,
+        )
+
+    # --- one episode, one validation, one checkpoint -----------------------------------------
+
+    def step(self, episode: int) -> dict[str, float]:
+        """Train on one episode, step the scheduler, add the values to the window."""
+        values = self.trainer.step()
+        if not all(math.isfinite(v) for v in values.values()):
+            raise FloatingPointError(
+                f"non-finite training values {values} at episode {episode}; "
+                f"lower train.lr={self.settings['lr']} or the lambdas"
+            )
+        values["lr"] = self.trainer.optimizer.param_groups[0]["lr"]  # the lr this step used
+        if self.trainer.scheduler is not None:
+            self.trainer.scheduler.step()
+        self.window.add(values)
+        self.state["episode"] = episode
+        return values
+
+    def validate(self, episode: int) -> dict[str, float]:
+        """Mean accuracy (and ci95) on the fixed validation episodes; keeps the best weights
+        (and rewrites ``best.pt``) when it improves; counts towards early stopping."""
+        summary = summarise(
+            episode_accuracies(
+                self.model, self.data, self.val_plan, self.cfg["eval"]["batch_size"], self.runtime
+            )
+        )
+        self.last_val = summary["mean"]
+        state = self.state
+        _update_best(state, episode, summary["mean"], self.settings["patience"])
+        if state["best_episode"] == episode:
+            state["best_model"] = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()
+            }
+            with self.signals.deferred():
+                self._write_best()
+        self.progress.message(
+            f"episode {episode}: val acc {100 * summary['mean']:.2f}% "
+            f"+- {100 * summary['ci95']:.2f}% (best {100 * state['best_val_acc']:.2f}% "
+            f"at {state['best_episode']})"
+        )
+        return summary
+
+    def record(self, episode: int, lr: float, validate: bool) -> None:
+        """One history row: the window's means (and a validation), logged to tracking."""
+        row = {"episode": episode, **self.window.means(), "val_acc": math.nan,
+               "val_ci95": math.nan, "lr": lr}
+        self.window.reset()
+        metrics = {k: row[k] for k in ("train_loss", "train_acc", "l1", "l2", "lr")}
+        if validate:
+            summary = self.validate(episode)
+            row.update(val_acc=summary["mean"], val_ci95=summary["ci95"])
+            metrics.update(
+                val_acc=summary["mean"],
+                val_ci95=summary["ci95"],
+                best_val_acc=self.state["best_val_acc"],
+            )
+        self.history.append(row)
+        metrics["episodes_per_s"] = self.progress.rate()
+        self.track(metrics, episode)
+
+    def checkpoint(self) -> None:
+        """``checkpoint.pt`` (everything needed to continue) then ``history.csv``."""
+        trainer = self.trainer
+        with self.signals.deferred():
+            save_checkpoint(
+                {
+                    "config": dict(self.cfg),
+                    "model": trainer.model.state_dict(),
+                    "optimizer": trainer.optimizer.state_dict(),
+                    "scheduler": (
+                        trainer.scheduler.state_dict() if trainer.scheduler is not None else None
+                    ),
+                    "sampler": trainer.sampler.state_dict(),
+                    "rng": rng_state(),
+                    **self.state,
+                    "window": dict(self.window.sums),
+                    "feature_dim": self.feature_dim,
+                },
+                self.out / CHECKPOINT,
+            )
+            self._write_history()
+
+    # --- the outputs ------------------------------------------------------------------------
+
+    def _write_best(self) -> None:
+        state = self.state
+        if self.feature_dim is None:  # a checkpoint written before feature_dim was stored
+            settings = {**self.cfg, "model": {**self.cfg["model"], "backbone_weights": None}}
+            self.feature_dim = build_model(settings).feature_dim
+        save_checkpoint(
+            {
+                "config": dict(self.cfg),
+                "model": state["best_model"],
+                "episode": state["best_episode"],
+                "val_acc": state["best_val_acc"],
+                "feature_dim": self.feature_dim,
+            },
+            self.out / BEST,
+        )
+
+    def _write_history(self) -> None:
+        _write_history(self.out, self.history)
+
+    def _write_summary(self) -> None:
+        summary = _final_summary(self.state, self.history)
+        atomic_write_text(self.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+
+    def finish(self) -> dict[str, Any]:
+        """Final checkpoint, ``best.pt``, ``train_summary.json``, tracking, then ``done``."""
+        if self.state["stopped"] is None:
+            self.state["stopped"] = "max_episodes"
+        self.checkpoint()
+        with self.signals.deferred():
+            self._write_best()
+            self._write_summary()
+        summary = json.loads((self.out / SUMMARY).read_text())
+        self.track_outputs(summary)
+        self.end_tracking("FINISHED")
+        with self.signals.deferred():
+            atomic_write_text(
+                self.out / DONE,
+                f"finished after {self.state['episode']} episodes "
+                f"({time.monotonic() - self.started:.1f} s in the last session)\n",
+            )
+        log.info("training finished: %s", summary)
+        return summary
+
+    # --- tracking (the only calls into subspace_fsl.tracking) -------------------------------
+
+    def start_tracking(self) -> None:
+        """Open (or reopen, on resume) the run directory's MLflow run; log settings."""
+        from subspace_fsl import __version__, tracking
+
+        cfg = self.cfg
+        self.tracker = tracking.open_run(
+            cfg,
+            self.out,
+            tags=tracking.default_tags(
+                {
+                    "dataset": cfg["dataset"]["name"],
+                    "data_stamp": self.data.stamp,
+                    "device": str(self.runtime.device),
+                    "backbone": cfg["model"]["backbone"],
+                    "head": cfg["model"]["head"],
+                    "subspace_fsl.version": __version__,
+                }
+            ),
+        )
+        if isinstance(self.tracker, tracking.RunTracker):
+            self.tracker.reopen()
+            self.tracker.log_params(tracking.flatten(cfg))
+            self.tracker.log_artifact(self.out / "config.yaml")
+
+    def track(self, metrics: Mapping[str, float], step: int) -> None:
+        self.tracker.log_metrics(metrics, step=step)
+
+    def track_outputs(self, summary: Mapping[str, Any]) -> None:
+        """The final metrics and the output files."""
+        self.track(
+            {"best_val_acc": summary["best_val_acc"], "episodes_per_s": self.progress.rate()},
+            self.state["episode"],
+        )
+        for name in (BEST, HISTORY, SUMMARY):
+            self.tracker.log_artifact(self.out / name)
+
+    def end_tracking(self, status: str) -> None:
+        """FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED; a resumed run sets RUNNING again."""
+        self.tracker.finish(status)
+
+    # --- the whole run ----------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train (or resume, or only complete a finished run's outputs); the final metrics."""
+        check_same_run(self.cfg, self.out)
+        with self.signals:
+            done = self.finished()
+            if done is not None:
+                return done
+            try:
+                self._run()
+                return self.finish()
+            except BaseException as exc:
+                self._stopped_by(exc)
+                raise
+
+    def _run(self) -> None:
+        self.setup()
+        self.resume()
+        self.out.mkdir(parents=True, exist_ok=True)
+        save_config(self.cfg, self.out / "config.yaml")
+        self.start_tracking()
+        settings = self.settings
+        self.progress = Progress(
+            self.runtime.progress,
+            settings["max_episodes"],
+            self.state["episode"],
+            settings["log_every"],
+        )
+        for episode in _episodes(self.state, settings["max_episodes"]):
+            values = self.step(episode)
+            validate = episode % settings["val_every"] == 0 or episode == settings["max_episodes"]
+            if validate or episode % settings["log_every"] == 0:
+                self.record(episode, values["lr"], validate)
+            self.progress.update(episode, {"loss": values["loss"], "val": self.last_val})
+            if validate or episode % settings["checkpoint_every"] == 0:
+                self.checkpoint()
+        self.progress.close()
+
+    def _stopped_by(self, exc: BaseException) -> None:
+        """Close the progress display and the MLflow run; the last checkpoint stays."""
+        if hasattr(self, "progress"):
+            self.progress.close()
+        killed = isinstance(exc, (KeyboardInterrupt, Terminated))
+        if isinstance(exc, Terminated):
+            log.warning(
+                "stopped by signal %d at episode %d; %s kept; run the same command to resume",
+                exc.signum,
+                self.state["episode"],
+                self.out / CHECKPOINT,
+            )
+        try:  # a crash is recorded; a resumed run sets it RUNNING again
+            self.end_tracking("KILLED" if killed else "FAILED")
+        except Exception:  # the store may be what failed
+            log.exception("could not mark MLflow run %s as ended", self.tracker.run_id)
 
 
 def train(
@@ -279,203 +702,9 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume, or do nothing when finished) one configuration into ``out_dir``.
 
-    Returns the final metrics (``train_summary.json``).
+    Returns the final metrics (``train_summary.json``). See :class:`TrainingRun`.
     """
-    from subspace_fsl import __version__, tracking
-
-    out = Path(out_dir)
-    check_same_run(cfg, out)
-    if (out / DONE).is_file():
-        log.info("%s is finished; nothing to do", out)
-        return json.loads((out / SUMMARY).read_text())
-
-    settings = cfg["train"]
-    runtime = configure(cfg)
-    seed_everything(settings["seed"])
-    data = open_data(
-        cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
-    )
-    model = build_model(cfg)
-    check_training_config(cfg, data, model)
-    if cfg["tracking"]["enabled"]:
-        tracking.tracking_uri(cfg)  # refuse a bad URI before any work
-
-    trainer = EpisodeTrainer(cfg, data, model, runtime)
-    model, optimizer, scheduler, sampler = (
-        trainer.model,
-        trainer.optimizer,
-        trainer.scheduler,
-        trainer.sampler,
-    )
-    val_plan = evaluation_plan(cfg, data, "val", episodes=settings["val_episodes"])
-
-    state: dict[str, Any] = {
-        "episode": 0,
-        "best_val_acc": -1.0,
-        "best_episode": 0,
-        "bad_checks": 0,
-        "stopped": None,
-        "history": [],
-        "window": None,
-        # the best weights also live in checkpoint.pt, so best.pt can always be rewritten
-        # (a workflow manager deletes the outputs of an interrupted job before rerunning it)
-        "best_model": None,
-    }
-    if (out / CHECKPOINT).is_file():
-        saved = load_checkpoint(out / CHECKPOINT, map_location="cpu")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        sampler.load_state_dict(saved["sampler"])
-        set_rng_state(saved["rng"])
-        state.update({k: saved[k] for k in state})
-        log.info("resuming %s from episode %d", out, state["episode"])
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-
-    tracker = tracking.open_run(
-        cfg,
-        out,
-        tags=tracking.default_tags(
-            {
-                "dataset": cfg["dataset"]["name"],
-                "data_stamp": data.stamp,
-                "device": str(runtime.device),
-                "backbone": cfg["model"]["backbone"],
-                "head": cfg["model"]["head"],
-                "subspace_fsl.version": __version__,
-            }
-        ),
-    )
-    if isinstance(tracker, tracking.RunTracker):
-        tracker.reopen()
-        tracker.log_params(tracking.flatten(cfg))
-        tracker.log_artifact(out / "config.yaml")
-
-    window = _Window(state["window"])
-    history: list[dict[str, float]] = state["history"]
-    progress = Progress(
-        runtime.progress, settings["max_episodes"], state["episode"], settings["log_every"]
-    )
-    last_val = next(
-        (r["val_acc"] for r in reversed(history) if not math.isnan(r["val_acc"])), math.nan
-    )
-
-    def save_best() -> None:
-        save_checkpoint(
-            {
-                "config": dict(cfg),
-                "model": state["best_model"],
-                "episode": state["best_episode"],
-                "val_acc": state["best_val_acc"],
-                "feature_dim": model.feature_dim,
-            },
-            out / BEST,
-        )
-
-    def save_state() -> None:
-        save_checkpoint(
-            {
-                "config": dict(cfg),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "sampler": sampler.state_dict(),
-                "rng": rng_state(),
-                **state,
-                "history": history,
-                "window": dict(window.sums),
-            },
-            out / CHECKPOINT,
-        )
-        _write_history(out, history)
-
-    started = time.monotonic()
-    try:
-        for episode in _episodes(state, settings["max_episodes"]):
-            values = trainer.step()
-            if not all(math.isfinite(v) for v in values.values()):
-                raise FloatingPointError(
-                    f"non-finite training values {values} at episode {episode}; "
-                    f"lower train.lr={settings['lr']} or the lambdas"
-                )
-            lr = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
-                scheduler.step()
-            window.add(values)
-            state["episode"] = episode
-            validate = episode % settings["val_every"] == 0 or episode == settings["max_episodes"]
-            if validate or episode % settings["log_every"] == 0:
-                row = {
-                    "episode": episode,
-                    **window.means(),
-                    "val_acc": math.nan,
-                    "val_ci95": math.nan,
-                    "lr": lr,
-                }
-                window.reset()
-                metrics = {k: row[k] for k in ("train_loss", "train_acc", "l1", "l2", "lr")}
-                if validate:
-                    summary = summarise(
-                        episode_accuracies(
-                            model, data, val_plan, cfg["eval"]["batch_size"], runtime
-                        )
-                    )
-                    row.update(val_acc=summary["mean"], val_ci95=summary["ci95"])
-                    last_val = summary["mean"]
-                    _update_best(state, episode, summary["mean"], settings["patience"])
-                    if state["best_episode"] == episode:
-                        state["best_model"] = {
-                            k: v.detach().to("cpu", copy=True)
-                            for k, v in model.state_dict().items()
-                        }
-                        save_best()
-                    metrics.update(
-                        val_acc=summary["mean"],
-                        val_ci95=summary["ci95"],
-                        best_val_acc=state["best_val_acc"],
-                    )
-                    progress.message(
-                        f"episode {episode}: val acc {100 * summary['mean']:.2f}% "
-                        f"+- {100 * summary['ci95']:.2f}% (best {100 * state['best_val_acc']:.2f}% "
-                        f"at {state['best_episode']})"
-                    )
-                history.append(row)
-                metrics["episodes_per_s"] = progress.rate()
-                tracker.log_metrics(metrics, step=episode)
-            progress.update(episode, {"loss": values["loss"], "val": last_val})
-            if validate or episode % settings["checkpoint_every"] == 0:
-                save_state()
-    except BaseException as exc:
-        progress.close()
-        if isinstance(tracker, tracking.RunTracker):
-            try:  # a crash is recorded; a resumed run sets it RUNNING again
-                tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            except Exception:  # the store may be what failed
-                log.exception("could not mark MLflow run %s as failed", tracker.run_id)
-        raise
-    progress.close()
-    if state["stopped"] is None:
-        state["stopped"] = "max_episodes"
-    save_state()
-    save_best()
-    summary = _final_summary(state, history)
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
-    tracker.log_metrics(
-        {"best_val_acc": summary["best_val_acc"], "episodes_per_s": progress.rate()},
-        step=state["episode"],
-    )
-    for name in (BEST, HISTORY, SUMMARY):
-        tracker.log_artifact(out / name)
-    tracker.finish("FINISHED")
-    atomic_write_text(
-        out / DONE,
-        f"finished after {state['episode']} episodes "
-        f"({time.monotonic() - started:.1f} s in the last session)\n",
-    )
-    log.info("training finished: %s", summary)
-    return summary
+    return TrainingRun(cfg, out_dir, split_file=split_file, cache_dir=cache_dir).run()
 
 
 def _episodes(state: dict[str, Any], max_episodes: int) -> Iterator[int]:

@@ -1,0 +1,124 @@
+"""The run's lifecycle: the finished marker checked against its outputs, and SIGTERM (what
+Snakemake and SLURM send on cancel) ending a run the way Ctrl-C does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow import MlflowClient
+
+from subspace_fsl.cli import main
+from subspace_fsl.config import load_config
+from subspace_fsl.data.cache import prepare
+from subspace_fsl.engine.checkpoint import load_checkpoint
+from subspace_fsl.engine.train import RunError, train
+from subspace_fsl.tracking import recorded_run_id, tracking_uri
+
+
+def settings(root: Path, max_episodes: int, tracking: bool) -> dict:
+    return {
+        "results_dir": str(root / "results"),
+        "data_dir": str(root / "data"),
+        "dataset": {"name": "tiny", "image_size": 32,
+                    "synthetic": {"classes": 8, "images_per_class": 12, "size": 32}},
+        "split": {"counts": [4, 2, 2]},
+        "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
+                  "subspace_dim": 8},
+        "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": max_episodes,
+                  "val_every": 10, "val_episodes": 4, "log_every": 5, "checkpoint_every": 5,
+                  "patience": 100},
+        "eval": {"query": 3, "batch_size": 32},
+        "tracking": {"enabled": tracking},
+        "runtime": {"threads": 1, "progress": "log", "device": "cpu"},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _default_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def test_missing_outputs_of_a_finished_run_are_rewritten_from_the_checkpoint(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(settings(tmp_path, 10, tracking=False)))
+    cfg = load_config(config)
+    run = tmp_path / "run"
+    summary = train(cfg, run)
+    originals = {n: (run / n).read_bytes() for n in ("history.csv", "train_summary.json")}
+    best = load_checkpoint(run / "best.pt")
+    for name in ("best.pt", "history.csv", "train_summary.json"):
+        (run / name).unlink()
+    caplog.set_level(logging.INFO)
+    assert train(cfg, run) == summary
+    assert "rewrote them from checkpoint.pt" in caplog.text
+    assert "nothing to do" not in caplog.text
+    for name, content in originals.items():
+        assert (run / name).read_bytes() == content, name
+    rewritten = load_checkpoint(run / "best.pt")
+    assert (rewritten["episode"], rewritten["val_acc"]) == (best["episode"], best["val_acc"])
+    for key, tensor in best["model"].items():
+        assert torch.equal(tensor, rewritten["model"][key]), key
+
+    # without checkpoint.pt there is nothing to rewrite best.pt from: refused, clearly
+    (run / "best.pt").unlink()
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(RunError, match=r"marked finished \(done\) but best.pt is missing"):
+        train(cfg, run)
+    assert main(["train", "--config", str(config), "--out", str(run)]) == 2
+
+
+def _start(config: Path, out: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "subspace_fsl.cli", "train", "--config", str(config),
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def test_sigterm_ends_a_run_like_ctrl_c_and_a_rerun_resumes(tmp_path: Path) -> None:
+    max_episodes = 30
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(settings(tmp_path, max_episodes, tracking=True)))
+    cfg = load_config(config)
+    prepare(cfg, progress=False)
+    run = tmp_path / "run"
+    victim = _start(config, run)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert victim.poll() is None, victim.communicate()[0]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGTERM)  # what Snakemake and SLURM send on cancel
+    output = victim.communicate(timeout=60)[0]
+    assert victim.returncode == 128 + signal.SIGTERM, output
+    assert "stopped by signal 15" in output and "Traceback" not in output
+    assert not (run / "done").exists() and not (run / "train_summary.json").exists()
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]  # nothing half-written
+    stopped_at = load_checkpoint(run / "checkpoint.pt")["episode"]
+    assert 0 < stopped_at < max_episodes
+
+    client = MlflowClient(tracking_uri(cfg))
+    run_id = recorded_run_id(run)
+    info = client.get_run(run_id).info
+    assert info.status == "KILLED" and info.end_time is not None
+
+    rerun = _start(config, run)
+    output = rerun.communicate(timeout=240)[0]
+    assert rerun.returncode == 0, output
+    assert f"resuming {run} from episode {stopped_at}" in output
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["episodes"] == max_episodes and (run / "done").is_file()
+    assert recorded_run_id(run) == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
