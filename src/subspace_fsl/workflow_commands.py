@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import yaml
 
-from subspace_fsl import grid, paths
-from subspace_fsl.config import atomic_write_text, load_config
+from subspace_fsl import grid
+from subspace_fsl.config import load_config
 
 
 def _cfg(args: argparse.Namespace) -> dict:
@@ -18,34 +17,20 @@ def _cfg(args: argparse.Namespace) -> dict:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    """Class names of the cache (class_id order) -> ``make_split`` -> ``save_split``."""
-    from subspace_fsl.data.cache import ImageCache
-    from subspace_fsl.data.splits import make_split, save_split
+    """``data.splits.write_split`` (the class split of the cache's classes)."""
+    from subspace_fsl.data.splits import write_split
+    from subspace_fsl.engine.commands import setup_logging
 
-    cfg = _cfg(args)
-    cache = ImageCache.open(args.cache or paths.cache_dir(cfg))
-    classes = cache.index[["class_id", "class_name"]].drop_duplicates().sort_values("class_id")
-    settings = cfg["split"]
-    split = make_split([str(n) for n in classes["class_name"]], settings["rule"],
-                       settings["counts"], settings["seed"])
-    out = save_split(split, args.out or paths.split_path(cfg))
-    print(f"{out}: rule {split['rule']}, {len(split['base'])} base / {len(split['val'])} "
-          f"validation / {len(split['novel'])} novel classes")
+    setup_logging()
+    print(write_split(_cfg(args), args.cache, args.out))
     return 0
 
 
 def run_init_tracking(args: argparse.Namespace) -> int:
-    """``tracking.ensure_store`` once, before the training jobs fan out; writes a marker."""
+    """``tracking.write_marker`` once, before the training jobs fan out."""
     from subspace_fsl import tracking
 
-    cfg = _cfg(args)
-    experiment_id = tracking.ensure_store(cfg)
-    record = {"enabled": cfg["tracking"]["enabled"], "experiment_id": experiment_id,
-              "experiment": tracking.experiment_name(cfg) if experiment_id else None,
-              "uri": tracking.tracking_uri(cfg) if experiment_id else None}
-    out = Path(args.out or paths.tracking_marker(cfg))
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    print(json.dumps(tracking.write_marker(_cfg(args), args.out)))
     return 0
 
 

@@ -12,16 +12,19 @@ The fixed rules exist only for CUB's 200 classes; anything else is an error.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from subspace_fsl.config import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 RULES = ("random", "closer-look", "frn")
 SETS = ("base", "val", "novel")
@@ -183,3 +186,24 @@ def load_split(
     if not isinstance(split, dict):
         raise SplitError(f"split file {path} must hold a JSON object")
     return check_split(split, class_names, source=str(path))
+
+
+def write_split(
+    cfg: Mapping[str, Any],
+    cache_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The ``split`` settings of ``cfg`` applied to the image cache's classes (in class_id
+    order), saved to ``out`` (default ``paths.split_path(cfg)``); returns the file."""
+    from subspace_fsl import paths
+    from subspace_fsl.data.cache import ImageCache
+
+    cache = ImageCache.open(cache_dir or paths.cache_dir(cfg))
+    classes = cache.index[["class_id", "class_name"]].drop_duplicates().sort_values("class_id")
+    settings = cfg["split"]
+    split = make_split([str(n) for n in classes["class_name"]], settings["rule"],
+                       settings["counts"], settings["seed"])
+    path = save_split(split, out or paths.split_path(cfg))
+    log.info("%s: rule %s, %d base / %d validation / %d novel classes", path, split["rule"],
+             len(split["base"]), len(split["val"]), len(split["novel"]))
+    return path
