@@ -122,6 +122,19 @@ def test_allowed_values_in_words(node, words):
     assert schema_docs.allowed(node) == words
 
 
+def test_shared_definitions_are_resolved():
+    schema = {"$defs": {"taus": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                 "items": {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                                                     {"enum": ["learn"]}]}}},
+              "properties": {"grid": {"type": "object", "properties": {
+                  "tau": {"$ref": "#/$defs/taus", "default": [1, 4], "description": "temps"}}}}}
+    (key, node), = schema_docs.settings(schema)
+    assert key == "grid.tau" and node["default"] == [1, 4]
+    assert schema_docs.allowed(node) == (
+        "non-empty list of distinct values, each number > 0 or one of: learn")
+    assert "| `grid.tau` | `[1, 4]` |" in schema_docs.render(schema)
+
+
 # --- README ----------------------------------------------------------------------------------
 
 

@@ -53,6 +53,7 @@ def _type_name(node: Mapping[str, Any]) -> str:
     if "array" in kinds and "items" in node:
         size, most = node.get("minItems", 0), node.get("maxItems")
         what = f"list of {size}" if size == most else "non-empty list" if size else "list"
+        what += " of distinct values" if node.get("uniqueItems") else ""
         kinds = [f"{what}, each {allowed(node['items'])}" if k == "array" else k for k in kinds]
     return " or ".join(kinds)
 
@@ -65,6 +66,9 @@ def allowed(node: Mapping[str, Any]) -> str:
     """What values a setting accepts, in words: ``integer >= 1``, ``one of: cub, synthetic``."""
     if "enum" in node:
         return "one of: " + ", ".join(_inline(v) for v in node["enum"])
+    for either in ("anyOf", "oneOf"):
+        if either in node:
+            return " or ".join(allowed(option) for option in node[either])
     parts = [_type_name(node)] if "type" in node else []
     parts += [f"{sign} {node[key]}" for key, sign in _BOUNDS.items() if key in node]
     if "pattern" in node:
@@ -77,10 +81,29 @@ def allowed(node: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
+def resolve_refs(node: Any, root: Mapping[str, Any] | None = None) -> Any:
+    """A copy of a schema with every local ``$ref`` (``#/$defs/...``) replaced by what it names
+    (the referring node's own keys, e.g. its default, win)."""
+    root = root if root is not None else node
+    if isinstance(node, list):
+        return [resolve_refs(item, root) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    resolved = {k: resolve_refs(v, root) for k, v in node.items() if k not in ("$ref", "$defs")}
+    if "$ref" in node:
+        target: Any = root
+        for part in str(node["$ref"]).removeprefix("#/").split("/"):
+            target = target[part]
+        resolved = {**resolve_refs(target, root), **resolved}
+    return resolved
+
+
 def settings(schema: Mapping[str, Any], prefix: str = ""
              ) -> Iterator[tuple[str, Mapping[str, Any]]]:
     """(dotted key, schema node) of every setting, depth first in the schema's order; a section
     (an object with its own properties) is walked, not listed."""
+    if not prefix:
+        schema = resolve_refs(schema)
     for name, node in schema.get("properties", {}).items():
         key = f"{prefix}{name}"
         if node.get("type") == "object" and "properties" in node:

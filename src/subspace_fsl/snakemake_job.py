@@ -59,7 +59,24 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileExistsError,
     ConnectionError,
 )
-DEBUG_VARIABLE = "SUBSPACE_FSL_DEBUG"
+DEBUG_ENV = "SUBSPACE_FSL_DEBUG"
+
+
+# --- the CLI's error policy (cli.main and the synth/prepare handlers); the same names as the
+# --- error-table module of issue 10, which replaces these three functions once merged ------
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def user_message(exc: BaseException) -> str | None:
+    """The one line for a user's mistake or the environment's; None for a bug."""
+    return str(exc) if isinstance(exc, USER_ERRORS) else None
+
+
+def exit_code(exc: BaseException) -> int:
+    return 2
 
 
 # --- rule side -------------------------------------------------------------------------------
@@ -137,9 +154,9 @@ def job(smk: Any) -> Iterator[Config]:
     """Run the body of one Snakemake job (``smk`` is the ``snakemake`` object of a script).
 
     Yields the job's validated settings; everything written to stdout/stderr and every log
-    record goes to ``smk.log[0]``. A :data:`USER_ERRORS` exception becomes the CLI's one
-    line and ``SystemExit(2)``; any other exception (a bug, not a mistake), and every error
-    when ``SUBSPACE_FSL_DEBUG=1``, writes its traceback into the log and exits with 1.
+    record goes to ``smk.log[0]``. A user's mistake (:func:`user_message`) becomes the CLI's
+    one line and exit code 2; any other exception (a bug), and every error when
+    ``SUBSPACE_FSL_DEBUG=1``, writes its traceback into the log and exits with 1.
     """
     from subspace_fsl.engine.commands import setup_logging
 
@@ -147,15 +164,13 @@ def job(smk: Any) -> Iterator[Config]:
         setup_logging()
         try:
             yield job_config(smk.params, smk.rule)
-        except USER_ERRORS as exc:
-            if os.environ.get(DEBUG_VARIABLE, "") in ("", "0"):
-                line = f"subspace-fsl {smk.rule}: error: {exc}"
-                print(line, file=sys.stderr)
-                print(f"{line} (log: {smk.log[0]})", file=terminal)
-                raise SystemExit(2) from None
-            traceback.print_exc()
-            raise SystemExit(1) from None
-        except Exception:
-            # printed here, not by the interpreter at exit: by then the output is the terminal's
-            traceback.print_exc()
-            raise SystemExit(1) from None
+        except Exception as exc:
+            message = None if debug_enabled() else user_message(exc)
+            if message is None:
+                # printed here, not by the interpreter at exit, when the output is the terminal's
+                traceback.print_exc()
+                raise SystemExit(1) from None
+            line = f"subspace-fsl {smk.rule}: error: {message}"
+            print(line, file=sys.stderr)
+            print(f"{line} (log: {smk.log[0]})", file=terminal)
+            raise SystemExit(exit_code(exc)) from None
