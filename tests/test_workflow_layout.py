@@ -49,6 +49,37 @@ def test_dry_run_prints_short_job_descriptions_not_the_configuration(tmp_path):
     assert max(len(line) for line in out.splitlines() if line.startswith("Job ")) < 80
 
 
+# --- the rules' params (subspace_fsl.snakemake_job) -------------------------------------------
+
+
+def test_params_do_not_depend_on_the_order_of_the_config_file():
+    from subspace_fsl import snakemake_job
+    from subspace_fsl.config import load_config
+
+    cfg = load_config(REPO / ".test" / "config.yaml")
+    shuffled = {k: (dict(reversed(v.items())) if isinstance(v, dict) else v)
+                for k, v in reversed(cfg.items())}
+    assert list(shuffled) != list(cfg)
+    for params in (lambda c: snakemake_job.grid_settings(c),
+                   lambda c: snakemake_job.stage_settings(c, "split"),
+                   lambda c: snakemake_job.run_settings(c, "protonet", "w3_k1_S1_l1-0_l2-0_seed0")):
+        assert repr(params(shuffled)) == repr(params(cfg))  # Snakemake compares the repr
+
+
+def test_each_data_stage_gets_the_sections_it_reads():
+    from subspace_fsl import snakemake_job
+    from subspace_fsl.config import load_config
+
+    cfg = load_config(REPO / ".test" / "config.yaml")
+    assert set(snakemake_job.stage_settings(cfg, "split")) == {
+        "results_dir", "data_dir", "dataset", "split"}
+    assert "split" not in snakemake_job.stage_settings(cfg, "prepare")
+    runtime = snakemake_job.runtime_settings(cfg, threads=3)
+    assert set(runtime) == {"runtime", "tracking"} and runtime["runtime"]["threads"] == 3
+    with pytest.raises(ValueError, match="unknown stage 'train'"):
+        snakemake_job.stage_settings(cfg, "train")
+
+
 # --- the job glue (subspace_fsl.snakemake_job) in real Snakemake jobs --------------------------
 
 
