@@ -248,6 +248,8 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert "training finished" in train_log and "Traceback" not in train_log
     assert "novel accuracy" in (paths.logs_dir(cfg) / "evaluate" / "protonet"
                                 / f"{protonet.name}.novel.log").read_text()
+    selection_log = (paths.logs_dir(cfg) / "select.log").read_text()
+    assert f"select done: {paths.selection_path(cfg)}" in selection_log
     ran = yaml.safe_load((protonet / "config.yaml").read_text())
     assert ran["model"]["head"] == "protonet" and ran["train"]["shot"] == 1
     assert ran["eval"] == cfg["eval"] and ran["runtime"]["threads"] == 1  # the job's threads

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import os
 import sys
 import traceback
@@ -41,6 +42,8 @@ from typing import Any
 
 from subspace_fsl import grid
 from subspace_fsl.config import Config, validate
+
+log = logging.getLogger(__name__)
 
 #: the top-level settings each data stage reads; a change to one of them re-runs that stage
 #: (and, through the files it rewrites, whatever was made from them)
@@ -174,3 +177,5 @@ def job(smk: Any) -> Iterator[Config]:
             print(line, file=sys.stderr)
             print(f"{line} (log: {smk.log[0]})", file=terminal)
             raise SystemExit(exit_code(exc)) from None
+        else:
+            log.info("%s done: %s", smk.rule, ", ".join(str(path) for path in smk.output))
