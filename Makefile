@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint install bench bench-gpu clean-venv
+.PHONY: test demo smoke lint install bench bench-gpu clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow
+	$(BIN)/snakefmt --check Snakefile workflow
 	cd $(CURDIR) && PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --lint --profile profiles/demo
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/demo
+
+# the whole chain on the tiny .test configuration (results/test; a few minutes on 2 cores)
+smoke: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores 2 --configfile .test/config.yaml
 
 # the performance benchmark against easyfsl and the compute floor (README "Performance", ~3 min)
 bench: $(STAMP)

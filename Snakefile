@@ -31,6 +31,7 @@ include: "workflow/rules/report.smk"
 # intermediate file while the files made from it are present, so a deleted model is retrained
 # (and only what depends on it re-run) because `all` asks for it.
 rule all:
+    default_target: True
     input:
         model_files(),
         eval_files("val", "summary.json"),
@@ -38,4 +39,3 @@ rule all:
         paths.selection_path(config),
         table_files(),
         plot_files(),
-    default_target: True

@@ -1,6 +1,5 @@
 """paths + grid: readable run names, one derivation of every path, the grid's runs."""
 
-import shlex
 from pathlib import Path
 
 import pytest
@@ -99,17 +98,6 @@ def test_baseline_may_not_shadow_the_method():
     cfg = _grid_cfg(**{"grid.baselines": "{multisubspace: {head: protonet}}"})
     with pytest.raises(ValueError, match="reuse"):
         grid.all_runs(cfg)
-
-
-def test_cli_overrides_reproduce_the_settings():
-    cfg = _grid_cfg()
-    run = grid.run_config(cfg, "dsn", "w5_k1_S1_l1-0_l2-0.03_seed0")
-    args = shlex.split(grid.cli_overrides(grid.result_settings(run)))
-    assert args[::2] == ["--set"] * (len(args) // 2)
-    rebuilt = load_config(overrides=args[1::2])
-    for section in grid.result_settings(run):
-        assert rebuilt[section] == run[section]
-    assert set(grid.runtime_settings(run)) == set(grid.RUNTIME_SECTIONS)
 
 
 def test_run_settings_ignore_the_rest_of_the_grid():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
@@ -55,20 +56,10 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-TINY = {
-    "dataset": {"name": "tiny", "source": "synthetic", "image_size": 32,
-                "synthetic": {"classes": 9, "images_per_class": 8, "size": 32, "seed": 0}},
-    "split": {"rule": "random", "counts": [3, 3, 3], "seed": 0},
-    "model": {"subspace_dim": 8},
-    "train": {"query": 2, "max_episodes": 4, "val_every": 2, "val_episodes": 2, "patience": 2,
-              "checkpoint_every": 2, "log_every": 2, "lr_schedule": "none", "augment": False},
-    "eval": {"episodes": 6, "query": 2, "batch_size": 64},
-    "grid": {"way": [3], "shot": [1], "n_subspaces": [2], "lambda1": [0.1],
-             "lambda2": [0, 0.1], "seeds": [0],
-             "baselines": {"protonet": {"head": "protonet", "n_subspaces": 1,
-                                        "lambda1": 0, "lambda2": 0}}},
-    "runtime": {"device": "cpu", "progress": "none", "malloc_tuning": False},
-}
+# the tiny configuration of smoke runs (`snakemake --configfile .test/config.yaml`), with its
+# output folders moved into each test's tmp_path
+TINY = {k: v for k, v in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
+        if k not in ("results_dir", "data_dir")}
 RUN_NAMES = {("multisubspace", "w3_k1_S2_l1-0.1_l2-0_seed0"),
              ("multisubspace", "w3_k1_S2_l1-0.1_l2-0.1_seed0"),
              ("protonet", "w3_k1_S1_l1-0_l2-0_seed0")}
@@ -100,19 +91,44 @@ def _rule_blocks() -> dict[str, str]:
     return blocks
 
 
-def test_every_rule_has_log_conda_and_one_package_call():
+def _thin_call(script: Path) -> ast.Call:
+    """The one call of a rule's script: imports, then ``with job(snakemake) as cfg: <call>``."""
+    body = ast.parse(script.read_text()).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # the docstring
+    *imports, block = body
+    assert all(isinstance(node, ast.ImportFrom) for node in imports), script.name
+    assert isinstance(block, ast.With) and len(block.items) == 1, script.name
+    entry = block.items[0].context_expr
+    assert ast.unparse(entry) == "job(snakemake)", script.name
+    assert len(block.body) == 1 and isinstance(block.body[0], ast.Expr), script.name
+    assert isinstance(block.body[0].value, ast.Call), script.name
+    return block.body[0].value
+
+
+def test_every_rule_is_one_thin_script_with_log_conda_and_message():
     blocks = _rule_blocks()
     assert {"synthesise", "prepare", "split", "init_tracking", "train", "evaluate", "select",
             "tables", "plots"} <= set(blocks)
+    scripts = REPO / "workflow" / "scripts"
     for name, body in blocks.items():
-        assert "log:" in body, name
+        assert "log:" in body and "message:" in body, name
         conda = re.search(r'conda:\s*\n\s*"([^"]+)"', body)
         assert conda, name
         env_file = (REPO / "workflow" / "rules" / conda[1]).resolve()
         assert env_file.parent == REPO / "envs" and env_file.is_file(), name
-        shell = re.search(r"shell:\s*\n((?:\s+\".*\"\n?)+)", body)
-        assert shell, name
-        assert shell[1].count("subspace-fsl ") == 1, name  # thin: one call into the package
+        assert not re.search(r"^\s*(shell|run):", body, flags=re.M), name
+        script = re.search(r'script:\s*\n\s*"([^"]+)"', body)
+        assert script, name
+        path = (REPO / "workflow" / "rules" / script[1]).resolve()
+        assert path == scripts / f"{name}.py", name
+        # thin: the stage's one public function, called inside the job's glue
+        call = _thin_call(path)
+        imported = {alias.name for node in ast.parse(path.read_text()).body
+                    if isinstance(node, ast.ImportFrom) and node.module.startswith("subspace_fsl")
+                    for alias in node.names}
+        assert ast.unparse(call.func) in imported, name
+    assert {p.stem for p in scripts.glob("*.py")} == set(blocks)  # no script without its rule
     for name in ("train", "evaluate"):
         assert "benchmark:" in blocks[name] and "threads:" in blocks[name]
         assert "resources:" in blocks[name]
@@ -155,6 +171,14 @@ def test_invalid_config_stops_with_the_key_named(tmp_path, settings, key):
 
 
 # --- end to end ------------------------------------------------------------------------------
+
+
+def _changed_run(tmp: Path, config: Path, change: dict) -> dict[str, int]:
+    """The jobs a dry run would run with ``change`` on top of ``config``."""
+    extra = tmp / "change.yaml"
+    extra.write_text(yaml.safe_dump(change))
+    proc = snakemake("-n", "--configfile", str(config), str(extra), cwd=tmp)
+    return job_counts(proc.stdout + proc.stderr)
 
 
 @pytest.mark.slow
@@ -217,6 +241,28 @@ def test_end_to_end_tiny_grid(tmp_path):
     again = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
     assert "Nothing to be done" in again.stdout + again.stderr
     assert job_counts(again.stdout + again.stderr) == {}
+
+    # each job's log holds what it said, and its run folder the settings it ran with
+    protonet = paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0")
+    train_log = (paths.logs_dir(cfg) / "train" / "protonet" / f"{protonet.name}.log").read_text()
+    assert "training finished" in train_log and "Traceback" not in train_log
+    assert "novel accuracy" in (paths.logs_dir(cfg) / "evaluate" / "protonet"
+                                / f"{protonet.name}.novel.log").read_text()
+    selection_log = (paths.logs_dir(cfg) / "select.log").read_text()
+    assert f"select done: {paths.selection_path(cfg)}" in selection_log
+    ran = yaml.safe_load((protonet / "config.yaml").read_text())
+    assert ran["model"]["head"] == "protonet" and ran["train"]["shot"] == 1
+    assert ran["eval"] == cfg["eval"] and ran["runtime"]["threads"] == 1  # the job's threads
+
+    # a changed setting re-runs exactly the jobs that read it (and what is made from them)
+    assert _changed_run(tmp_path, config, {"runtime": {"progress": "log", "device": "auto"},
+                                           "tracking": {"enabled": False}}) == {}
+    assert _changed_run(tmp_path, config, {"grid": {"lambda2": [0, 0.1, 0.3]}}) == {
+        "train": 1, "evaluate": 2, "select": 1, "tables": 1, "plots": 1, "all": 1}
+    assert _changed_run(tmp_path, config, {"split": {"seed": 1}}) == {
+        "split": 1, "train": 3, "evaluate": 6, "select": 1, "tables": 1, "plots": 1, "all": 1}
+    assert _changed_run(tmp_path, config, {"train": {"lr": 0.01}}) == {
+        "train": 3, "evaluate": 6, "select": 1, "tables": 1, "plots": 1, "all": 1}
 
     # deleting one model re-runs exactly what depends on it
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,11 +125,3 @@ def run_settings(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, An
 def runtime_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k in RUNTIME_SECTIONS}
 
-
-def cli_overrides(settings: Mapping[str, Any]) -> str:
-    """``--set section=<json>`` arguments (shell-quoted) that reproduce ``settings`` exactly
-    on the ``subspace-fsl`` command line (JSON is YAML, so ``--set`` parses it)."""
-    return " ".join(
-        f"--set {shlex.quote(f'{key}=' + json.dumps(value, sort_keys=True))}"
-        for key, value in settings.items()
-    )

@@ -192,6 +192,23 @@ def ensure_store(cfg: Mapping[str, Any]) -> str | None:
         return _get_or_create_experiment(client, experiment_name(cfg), uri)
 
 
+def write_marker(cfg: Mapping[str, Any], out: str | os.PathLike[str] | None = None
+                 ) -> dict[str, Any]:
+    """:func:`ensure_store`, then record what it set up in ``out`` (default
+    ``paths.tracking_marker(cfg)``): the file every training job waits for."""
+    from subspace_fsl import paths
+
+    check_store(cfg)
+    experiment_id = ensure_store(cfg)
+    record = {"enabled": cfg["tracking"]["enabled"], "experiment_id": experiment_id,
+              "experiment": experiment_name(cfg) if experiment_id else None,
+              "uri": tracking_uri(cfg) if experiment_id else None}
+    path = Path(out or paths.tracking_marker(cfg))
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    log.info("%s: %s", path, json.dumps(record))
+    return record
+
+
 # --- what a run records ----------------------------------------------------------------------
 
 

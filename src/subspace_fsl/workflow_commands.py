@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from subspace_fsl import grid, paths
-from subspace_fsl.config import atomic_write_text, load_config, yaml_dump
+from subspace_fsl import grid
+from subspace_fsl.config import load_config, yaml_dump
 
 
 def _cfg(args: argparse.Namespace) -> dict:
@@ -16,44 +15,20 @@ def _cfg(args: argparse.Namespace) -> dict:
 
 
 def run_split(args: argparse.Namespace) -> int:
-    """Class names of the cache (class_id order) -> ``make_split`` -> ``save_split``.
+    """``data.splits.write_split`` (the class split of the cache's classes)."""
+    from subspace_fsl.data.splits import write_split
+    from subspace_fsl.engine.commands import setup_logging
 
-    The split file's producer: an existing file is replaced (atomically) whatever it was
-    made from, and the log says which setting changed; consumers only ever refuse one."""
-    from subspace_fsl import provenance
-    from subspace_fsl.data.cache import ImageCache
-    from subspace_fsl.data.splits import check_split_settings, load_split, make_split, save_split
-
-    cfg = _cfg(args)
-    cache = ImageCache.open(args.cache or paths.cache_dir(cfg), verify=False)
-    names = [str(n) for n in cache.class_names]
-    settings = cfg["split"]
-    out = Path(args.out or paths.split_path(cfg))
-    if out.is_file():
-        try:
-            check_split_settings(load_split(out), out, names, settings)
-        except (provenance.ProvenanceError, ValueError) as exc:
-            print(f"replacing {out}: {exc}")
-    split = make_split(names, settings["rule"], settings["counts"], settings["seed"])
-    save_split(split, out)
-    print(f"{out}: rule {split['rule']}, {len(split['base'])} base / {len(split['val'])} "
-          f"validation / {len(split['novel'])} novel classes")
+    setup_logging()
+    print(write_split(_cfg(args), args.cache, args.out))
     return 0
 
 
 def run_init_tracking(args: argparse.Namespace) -> int:
-    """``tracking.ensure_store`` once, before the training jobs fan out; writes a marker."""
+    """``tracking.write_marker`` once, before the training jobs fan out."""
     from subspace_fsl import tracking
 
-    cfg = _cfg(args)
-    tracking.check_store(cfg)
-    experiment_id = tracking.ensure_store(cfg)
-    record = {"enabled": cfg["tracking"]["enabled"], "experiment_id": experiment_id,
-              "experiment": tracking.experiment_name(cfg) if experiment_id else None,
-              "uri": tracking.tracking_uri(cfg) if experiment_id else None}
-    out = Path(args.out or paths.tracking_marker(cfg))
-    atomic_write_text(out, json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record))
+    print(json.dumps(tracking.write_marker(_cfg(args), args.out)))
     return 0
 
 

@@ -4,14 +4,13 @@ import re
 
 from subspace_fsl import grid, paths
 from subspace_fsl import report as fsl_report
+from subspace_fsl import snakemake_job
 
 METHODS = [grid.method_name(config), *grid.baseline_names(config)]
 RUNS = grid.all_runs(config)
 DATASET = paths.dataset_name(config)
-# the settings that decide results: part of each job's params (a change re-runs the job)
-CONFIG_ARGS = grid.cli_overrides(grid.result_settings(config))
-# where and how jobs run, and where they log (params too: the linter asks for it)
-RUNTIME_ARGS = grid.cli_overrides(grid.runtime_settings(config))
+# params = the settings a rule's stage reads (a change re-runs the job; subspace_fsl.snakemake_job)
+GRID_SETTINGS = snakemake_job.grid_settings(config)
 LOGS = paths.logs_dir(config)
 BENCHMARKS = paths.benchmarks_dir(config)
 
@@ -25,26 +24,22 @@ wildcard_constraints:
     split="|".join(paths.SPLITS),
 
 
-def data_args(*sections):
-    """--set arguments of the top-level settings (paths) and the given sections only: the
-    data jobs' params, so that a changed split.counts re-runs `split` (and what depends on
-    it) while a changed train.* or eval.* setting leaves the cache and the split alone."""
-    return grid.cli_overrides(
-        {k: v for k, v in grid.result_settings(config).items()
-         if not isinstance(v, dict) or k in sections}
-    )
+def stage_settings(stage):
+    return snakemake_job.stage_settings(config, stage)
 
 
-def run_args(wildcards):
-    """--set arguments with the complete result settings of one run (not the grid)."""
-    return grid.cli_overrides(grid.run_settings(config, wildcards.method, wildcards.run))
+def run_settings(wildcards):
+    """The complete result settings of one run (not the grid)."""
+    return snakemake_job.run_settings(config, wildcards.method, wildcards.run)
+
+
+def runtime_settings(wildcards, threads):
+    """runtime + tracking with the job's threads; a function of threads, so not a rerun trigger."""
+    return snakemake_job.runtime_settings(config, threads)
 
 
 def eval_files(split, name="episodes.csv"):
-    return [
-        paths.eval_dir(config, run.method, split, run.name) / name
-        for run in RUNS
-    ]
+    return [paths.eval_dir(config, run.method, split, run.name) / name for run in RUNS]
 
 
 def model_files():

@@ -7,17 +7,20 @@ if config["dataset"]["source"] == "synthetic":
     rule synthesise:
         output:
             directory(paths.raw_root(config)),
-        params:
-            settings=data_args("dataset"),
         log:
             LOGS / "synthesise.log",
+        conda:
+            "../../envs/pipeline.yaml"
         threads: 2
         resources:
             mem_mb=2000,
-        conda:
-            "../../envs/pipeline.yaml"
-        shell:
-            "subspace-fsl synth {params.settings} --out {output} --workers {threads} > {log} 2>&1"
+        params:
+            settings=stage_settings("synthesise"),
+            runtime=runtime_settings,
+        message:
+            f"synthesise the {DATASET} data set"
+        script:
+            "../scripts/synthesise.py"
 
 
 rule prepare:
@@ -25,18 +28,20 @@ rule prepare:
         paths.raw_root(config) if config["dataset"]["source"] == "synthetic" else [],
     output:
         directory(paths.cache_dir(config)),
-    params:
-        settings=data_args("dataset"),
-        runtime=RUNTIME_ARGS,
     log:
         LOGS / "prepare.log",
+    conda:
+        "../../envs/pipeline.yaml"
     threads: 2
     resources:
         mem_mb=4000,
-    conda:
-        "../../envs/pipeline.yaml"
-    shell:
-        "subspace-fsl prepare {params.settings} {params.runtime} --workers {threads} > {log} 2>&1"
+    params:
+        settings=stage_settings("prepare"),
+        runtime=runtime_settings,
+    message:
+        f"prepare the image cache of {DATASET}"
+    script:
+        "../scripts/prepare.py"
 
 
 rule split:
@@ -44,30 +49,35 @@ rule split:
         paths.cache_dir(config),
     output:
         paths.split_path(config),
-    params:
-        settings=data_args("dataset", "split"),
     log:
         LOGS / "split.log",
-    resources:
-        mem_mb=1000,
     conda:
         "../../envs/pipeline.yaml"
-    shell:
-        "subspace-fsl split {params.settings} --cache {input} --out {output} > {log} 2>&1"
+    resources:
+        mem_mb=1000,
+    params:
+        settings=stage_settings("split"),
+        runtime=runtime_settings,
+    message:
+        f"split the classes of {DATASET}"
+    script:
+        "../scripts/split.py"
 
 
 rule init_tracking:
     output:
         paths.tracking_marker(config),
-    params:
-        settings=data_args("dataset"),
-        runtime=RUNTIME_ARGS,
     log:
         LOGS / "init_tracking.log",
     localrule: True
-    resources:
-        mem_mb=1000,
     conda:
         "../../envs/pipeline.yaml"
-    shell:
-        "subspace-fsl init-tracking {params.settings} {params.runtime} --out {output} > {log} 2>&1"
+    resources:
+        mem_mb=1000,
+    params:
+        settings=stage_settings("init_tracking"),
+        runtime=runtime_settings,
+    message:
+        f"set up the MLflow store and experiment of {DATASET}"
+    script:
+        "../scripts/init_tracking.py"

@@ -10,28 +10,26 @@ rule evaluate:
     output:
         episodes=EVAL_DIR / "episodes.csv",
         summary=EVAL_DIR / "summary.json",
-    params:
-        settings=run_args,
-        runtime=RUNTIME_ARGS,
-        run=lambda wildcards: paths.run_dir(config, wildcards.method, wildcards.run),
-        out=lambda wildcards: paths.eval_dir(
-            config, wildcards.method, wildcards.split, wildcards.run
-        ),
     log:
         LOGS / "evaluate" / "{method}" / "{run}.{split}.log",
     benchmark:
         BENCHMARKS / "evaluate" / "{method}" / "{run}.{split}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../../envs/pipeline.yaml"
-    shell:
-        "subspace-fsl evaluate --run {params.run} --split {wildcards.split}"
-        " {params.settings} {params.runtime} --set runtime.threads={threads}"
-        " --checkpoint {input.best} --split-file {input.split} --cache {input.cache}"
-        " --out {params.out} > {log} 2>&1"
+    params:
+        settings=run_settings,
+        runtime=runtime_settings,
+        out_dir=lambda wildcards: paths.eval_dir(
+            config, wildcards.method, wildcards.split, wildcards.run
+        ),
+    message:
+        "evaluate {wildcards.method}/{wildcards.run} on {wildcards.split}"
+    script:
+        "../scripts/evaluate.py"
 
 
 rule select:
@@ -39,13 +37,15 @@ rule select:
         eval_files("val"),
     output:
         paths.selection_path(config),
-    params:
-        settings=CONFIG_ARGS,
     log:
         LOGS / "select.log",
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/pipeline.yaml"
-    shell:
-        "subspace-fsl select {params.settings} > {log} 2>&1"
+    resources:
+        mem_mb=2000,
+    params:
+        settings=GRID_SETTINGS,
+    message:
+        f"select lambdas and S of {DATASET} on validation"
+    script:
+        "../scripts/select.py"

@@ -18,16 +18,18 @@ rule tables:
             )
             for path in table_files()
         ],
-    params:
-        settings=CONFIG_ARGS,
     log:
         LOGS / "tables.log",
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/pipeline.yaml"
-    shell:
-        "subspace-fsl tables {params.settings} > {log} 2>&1"
+    resources:
+        mem_mb=2000,
+    params:
+        settings=GRID_SETTINGS,
+    message:
+        f"tables of {DATASET}"
+    script:
+        "../scripts/tables.py"
 
 
 rule plots:
@@ -39,23 +41,27 @@ rule plots:
         split=paths.split_path(config),
     output:
         [
-            report(
-                path,
-                caption=f"../report/{path.stem}.rst",
-                category="Plots",
-                labels={"plot": path.stem, "format": path.suffix[1:]},
+            (
+                report(
+                    path,
+                    caption=f"../report/{path.stem}.rst",
+                    category="Plots",
+                    labels={"plot": path.stem, "format": path.suffix[1:]},
+                )
+                if path.suffix == ".png"
+                else path
             )
-            if path.suffix == ".png"
-            else path
             for path in plot_files()
         ],
-    params:
-        settings=CONFIG_ARGS,
     log:
         LOGS / "plots.log",
-    resources:
-        mem_mb=2000,
     conda:
         "../../envs/pipeline.yaml"
-    shell:
-        "subspace-fsl plots {params.settings} > {log} 2>&1"
+    resources:
+        mem_mb=2000,
+    params:
+        settings=GRID_SETTINGS,
+    message:
+        f"plots of {DATASET}"
+    script:
+        "../scripts/plots.py"

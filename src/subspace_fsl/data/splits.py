@@ -16,10 +16,11 @@ A split file records what it was made from (``provenance``: ``split.rule``, ``sp
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ import numpy as np
 
 from subspace_fsl import provenance
 from subspace_fsl.config import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 RULES = ("random", "closer-look", "frn")
 SETS = ("base", "val", "novel")
@@ -239,3 +242,31 @@ def load_split(
     if not isinstance(split, dict):
         raise SplitError(f"split file {path} must hold a JSON object")
     return check_split(split, class_names, source=str(path))
+
+
+def write_split(
+    cfg: Mapping[str, Any],
+    cache_dir: str | os.PathLike[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The ``split`` settings of ``cfg`` applied to the image cache's classes (in class_id
+    order), saved to ``out`` (default ``paths.split_path(cfg)``); returns the file."""
+    from subspace_fsl import paths, provenance
+    from subspace_fsl.data.cache import ImageCache
+
+    # the split file's producer: an existing file is replaced (atomically) whatever it was
+    # made from, and the log says which setting changed; consumers only ever refuse one
+    cache = ImageCache.open(cache_dir or paths.cache_dir(cfg), verify=False)
+    names = [str(n) for n in cache.class_names]
+    settings = cfg["split"]
+    target = Path(out or paths.split_path(cfg))
+    if target.is_file():
+        try:
+            check_split_settings(load_split(target), target, names, settings)
+        except (provenance.ProvenanceError, ValueError) as exc:
+            log.info("replacing %s: %s", target, exc)
+    split = make_split(names, settings["rule"], settings["counts"], settings["seed"])
+    path = save_split(split, target)
+    log.info("%s: rule %s, %d base / %d validation / %d novel classes", path, split["rule"],
+             len(split["base"]), len(split["val"]), len(split["novel"]))
+    return path

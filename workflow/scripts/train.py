@@ -1,0 +1,7 @@
+"""Rule train: one grid cell or baseline into its run folder (engine.train.train)."""
+from subspace_fsl.engine.train import train
+from subspace_fsl.snakemake_job import job
+
+with job(snakemake) as cfg:
+    train(cfg, snakemake.params.run_dir, split_file=snakemake.input.split,
+          cache_dir=snakemake.input.cache)
