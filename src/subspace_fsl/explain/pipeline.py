@@ -175,8 +175,9 @@ def explain_model(cfg: Mapping[str, Any], target: Target, data: Any, parts: Any,
                        "labels": episode.query_labels, "classes": episode.classes}
     key = paths.parse_run_name(target.name)
     table = pd.DataFrame(rows)
-    for field in ("way", "shot", "n_subspaces", "lambda1", "lambda2", "seed"):
-        table.insert(0, field, getattr(key, field))
+    for position, field in enumerate(("way", "shot", "n_subspaces", "lambda1", "lambda2",
+                                      "seed")):
+        table.insert(position, field, getattr(key, field))
     table.insert(0, "run", target.name)
     table.insert(0, "method", target.method)
     profile = np.nanmean(np.stack(profiles), axis=0)
