@@ -127,3 +127,14 @@ def test_paired_lambda1_compares_the_same_episodes():
     assert row["diversity_diff"] == pytest.approx(-0.1)
     assert row["specialization_p_ttest"] == 0.0  # a constant difference
     assert np.isfinite(row["specialization_p_wilcoxon"])
+
+
+def test_explain_without_a_selection_file_is_one_clear_line(tmp_path, capsys):
+    from subspace_fsl.cli import main
+
+    code = main(["explain", "--set", f"results_dir={tmp_path}", "--set", "runtime.device=cpu"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("subspace-fsl explain: error: selection file ")
+    assert "synthetic.csv is missing" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "explain").exists()  # nothing that looks like an output

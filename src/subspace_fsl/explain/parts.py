@@ -30,8 +30,8 @@ def load_part_locations(cache_dir: str | os.PathLike[str], n_images: int) -> Par
     if table is None:
         raise ValueError(
             f"{os.path.join(cache_dir, PARTS_FILE)} is missing: the data set has no part "
-            "annotations (parts/part_locs.txt) or the cache predates them; rebuild it with "
-            "`subspace-fsl prepare`"
+            "annotations (parts/part_locs.txt) or the cache was built before they were "
+            f"cached; delete {cache_dir} and run `subspace-fsl prepare` again"
         )
     ids = sorted(table["part_id"].unique())
     names = [str(table.loc[table["part_id"] == i, "part_name"].iloc[0]) for i in ids]
