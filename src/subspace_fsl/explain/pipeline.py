@@ -122,7 +122,9 @@ def explain_model(cfg: Mapping[str, Any], target: Target, data: Any, parts: Any,
     if exact:
         split = M.POSITION_SPLITS[type(model.backbone)]
         feature_maps = _embed_maps(model, split, data, needed, cfg["eval"]["batch_size"], device)
-        features = split.split(feature_maps).sum(dim=1)
+        # f = sum_p f_p, in chunks: Conv-4's f_p are HW times the size of f
+        features = torch.cat([split.split(feature_maps[i:i + 256]).sum(dim=1)
+                              for i in range(0, len(feature_maps), 256)])
     else:
         log.info("%s/%s: %s; evidence maps by %s (approximate)", target.method, target.name,
                  M.exact_supported(model), M.GRADIENT)
