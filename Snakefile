@@ -25,6 +25,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/explain.smk"
 
 
 # Every model and evaluation is a target too: Snakemake (>= 7.7) does not rebuild a deleted
@@ -39,3 +40,4 @@ rule all:
         paths.selection_path(config),
         table_files(),
         plot_files(),
+        fsl_explain.output_files(config),

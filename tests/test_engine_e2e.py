@@ -217,6 +217,36 @@ def test_predict_prints_and_writes_distances_and_subspace_shares(workspace: Path
     assert accuracy >= 0.5
 
 
+def test_predict_explain_writes_one_evidence_figure_per_image(trained: Path, tmp_path: Path):
+    from PIL import Image
+
+    cfg = load_config(trained / "config.yaml")
+    data = open_data(cfg)
+    index, raw = data.cache.index, Path(data.cache.meta["data_root"])
+    support, queries = tmp_path / "support", tmp_path / "queries"
+    queries.mkdir()
+    for name in data.split["novel"]:
+        files = [raw / p for p in index.loc[index["class_name"] == name, "path"]]
+        (support / name).mkdir(parents=True)
+        for f in files[:2]:
+            shutil.copy(f, support / name / f.name)
+        shutil.copy(files[2], queries / files[2].name)
+    figures = tmp_path / "figures"
+    code = main(["predict", "--checkpoint", str(trained / "best.pt"), "--support", str(support),
+                 "--images", str(queries), "--out", str(tmp_path / "p.csv"),
+                 "--explain", str(figures)])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert {"share_s1", "share_s2"} <= set(table.columns)  # the shares, as without --explain
+    written = sorted(figures.glob("*.png"))
+    stems = sorted(p.stem for p in queries.iterdir())
+    assert [p.name.split("_", 1)[1] for p in written] == [f"{s}.png" for s in stems]
+    for path in written:
+        with Image.open(path) as image:
+            # the image and one map per subspace side by side: much wider than tall
+            assert image.width > 2.5 * image.height and image.height > 100
+
+
 def test_a_finished_run_started_again_does_nothing(workspace: Path, trained: Path, capsys):
     before = {p.name: p.stat().st_mtime_ns for p in trained.iterdir() if p.is_file()}
     assert main(["train", "--config", str(workspace / "tiny.yaml"), "--out", str(trained)]) == 0

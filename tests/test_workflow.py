@@ -109,7 +109,7 @@ def _thin_call(script: Path) -> ast.Call:
 def test_every_rule_is_one_thin_script_with_log_conda_and_message():
     blocks = _rule_blocks()
     assert {"synthesise", "prepare", "split", "init_tracking", "train", "evaluate", "select",
-            "tables", "plots"} <= set(blocks)
+            "tables", "plots", "explain"} <= set(blocks)
     scripts = REPO / "workflow" / "scripts"
     for name, body in blocks.items():
         assert "log:" in body and "message:" in body, name
@@ -222,6 +222,16 @@ def test_end_to_end_tiny_grid(tmp_path):
         for ext in report.PLOT_FORMATS:
             assert (plots / f"{name}.{ext}").stat().st_size > 5000
 
+    # the explain step: one row per explained model, its figures, and the lambda1 test table
+    from subspace_fsl.explain.pipeline import explain_dir, output_files
+
+    assert all(path.is_file() for path in output_files(cfg))
+    explained = pd.read_csv(explain_dir(cfg) / "explain.csv")
+    assert sorted(explained["method"]) == ["multisubspace", "protonet"]
+    assert explained["exact_maps"].all() and explained["specialization"].between(0, 1).all()
+    assert (explained["episodes"] == cfg["explain"]["episodes"]).all()
+    assert (explain_dir(cfg) / "examples_w3_k1.png").stat().st_size > 5000
+
     # MLflow: one experiment for the data set, one run per grid cell
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
@@ -268,6 +278,7 @@ def test_end_to_end_tiny_grid(tmp_path):
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))
     dry = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
     assert job_counts(dry.stdout + dry.stderr) == {
-        "train": 1, "evaluate": 2, "select": 1, "tables": 1, "plots": 1, "all": 1}
+        "train": 1, "evaluate": 2, "select": 1, "tables": 1, "plots": 1, "explain": 1,
+        "all": 1}
     assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)

@@ -154,7 +154,31 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
                         help="image files and/or folders to classify")
     parser.add_argument("--out", "-o", default="predictions.csv", metavar="CSV",
                         help="output table (default predictions.csv)")
+    parser.add_argument("--explain", metavar="DIR",
+                        help="also write one evidence-map PNG per image into DIR")
     parser.set_defaults(handler=run_predict)
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "explain", help="evidence maps and part measures of the chosen models (novel episodes)",
+        description="Per-subspace evidence maps of the models chosen in the selection file "
+                    "(every lambda1 at the chosen lambda2, and the baselines) on novel "
+                    "episodes: specialization, profile diversity, RV matrix, principal angles, "
+                    "the lambda1 > 0 vs lambda1 = 0 paired test, and figures (docs/explain.md).")
+    _config_arguments(parser)
+    parser.add_argument("--out", "-o", metavar="DIR",
+                        help="output folder (default {results_dir}/explain/{dataset})")
+
+    def run(args: argparse.Namespace) -> int:
+        from subspace_fsl.engine.commands import setup_logging
+        from subspace_fsl.explain.pipeline import run_explain
+
+        setup_logging()
+        print(f"wrote {run_explain(config_from_args(args), args.out)}")
+        return 0
+
+    parser.set_defaults(handler=run)
 
 
 # --- workflow commands (split, tracking set-up, report) ------------------------------------
@@ -197,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     for add in (_add_synth, _add_prepare, _add_train, _add_evaluate, _add_predict,
-                _add_workflow_commands):
+                _add_workflow_commands, _add_explain):
         add(sub)
     return parser
 

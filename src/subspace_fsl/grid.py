@@ -119,7 +119,7 @@ def run_settings(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, An
     """What one run's result depends on: :func:`result_settings` of :func:`run_config`
     without the ``grid`` section (adding a grid value must not re-run the existing cells)."""
     return {k: v for k, v in result_settings(run_config(cfg, method, name)).items()
-            if k != "grid"}
+            if k not in ("grid", "explain")}  # explain only reads trained models
 
 
 def runtime_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -140,6 +140,7 @@ def build_cache(
             }
         )
         index.to_csv(tmp / "index.csv", index=False)
+        write_cache_parts(tmp, records, root, image_size, resize, crop_to_bbox)
         images_digest = f"sha256:{digest.hexdigest()}"
         meta = cache_meta(shape, resize, crop_to_bbox, source_stamp, root, images_digest)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -422,3 +423,85 @@ def prepare(
         workers=workers,
         progress=progress,
     )
+
+
+# --- part annotations (explain): additive, see docs/explain.md ---------------------------
+
+PARTS_FILE = "parts.csv"  # row (cache row), image_id, part_id, part_name, x, y, visible
+
+
+def transform_points(
+    xy: np.ndarray,
+    full_size: tuple[int, int],
+    image_size: int,
+    resize: int | None,
+    bbox: tuple[float, ...] | None = None,
+) -> np.ndarray:
+    """Original-image pixel coordinates [n, 2] -> the cached image's, with the geometry of
+    ``images.load_image``: crop to the (clipped, rounded) bbox, scale the shorter side to
+    ``resize``, centre-crop ``image_size``: x' = (x - x0) * new_w / w - left (same for y).
+
+    JPEG draft decoding only changes where the crop box is rounded (by < 1 decoded pixel),
+    which is ignored here."""
+    resize = resize or image_size
+    width, height = full_size
+    if bbox is None:
+        x0, y0, x1, y1 = 0, 0, width, height
+    else:
+        bx, by, bw, bh = (float(v) for v in bbox)
+        bx0, by0 = max(0.0, bx), max(0.0, by)
+        bx1, by1 = min(float(width), bx + bw), min(float(height), by + bh)
+        x0, y0, x1, y1 = round(bx0), round(by0), round(bx1), round(by1)
+    w, h = x1 - x0, y1 - y0
+    scale = resize / min(w, h)
+    new_w, new_h = max(resize, round(w * scale)), max(resize, round(h * scale))
+    left, top = (new_w - image_size) // 2, (new_h - image_size) // 2
+    xy = np.asarray(xy, dtype=np.float64)
+    return np.stack(
+        [(xy[:, 0] - x0) * new_w / w - left, (xy[:, 1] - y0) * new_h / h - top], axis=1
+    )
+
+
+def write_cache_parts(
+    out_dir: Path,
+    records: pd.DataFrame,
+    root: str | os.PathLike[str],
+    image_size: int,
+    resize: int | None,
+    crop_to_bbox: bool,
+) -> Path | None:
+    """Write ``parts.csv`` (part locations in cached-image pixels) when the data root has
+    CUB's part files; a part that the crop leaves outside the image becomes invisible."""
+    from PIL import Image
+
+    from subspace_fsl.data.cub import read_parts
+
+    parts = read_parts(root)
+    if parts is None:
+        return None
+    rows = pd.DataFrame({"row": np.arange(len(records)),
+                         "image_id": records["image_id"].to_numpy(dtype=np.int64)})
+    table = parts.merge(rows, on="image_id", how="inner")
+    out = []
+    for row, group in table.groupby("row", sort=True):
+        record = records.iloc[int(row)]
+        with Image.open(record["path"]) as image:  # reads the header only
+            full_size = image.size
+        bbox = tuple(record[["x", "y", "w", "h"]]) if crop_to_bbox else None
+        xy = transform_points(group[["x", "y"]].to_numpy(), full_size, image_size, resize, bbox)
+        inside = (xy >= 0).all(axis=1) & (xy < image_size).all(axis=1)
+        out.append(group.assign(x=xy[:, 0], y=xy[:, 1],
+                                visible=group["visible"].to_numpy() * inside))
+    columns = ["row", "image_id", "part_id", "part_name", "x", "y", "visible"]
+    result = pd.concat(out) if out else pd.DataFrame(columns=columns)
+    path = Path(out_dir) / PARTS_FILE
+    result[columns].to_csv(path, index=False, float_format="%.2f")
+    return path
+
+
+def read_cache_parts(directory: str | os.PathLike[str]) -> pd.DataFrame | None:
+    """The cache's ``parts.csv`` (see :func:`write_cache_parts`), or None when absent."""
+    path = Path(directory) / PARTS_FILE
+    if not path.is_file():
+        return None
+    return pd.read_csv(path, dtype={"part_name": str})

@@ -402,3 +402,55 @@ def archive_name(url: str) -> str:
     if not name:
         raise ValueError(f"dataset.url {url!r} does not end in a file name")
     return name
+
+
+# --- part annotations (explain) ----------------------------------------------------------
+# Additive: CUB-200-2011 ships parts/parts.txt ("part_id name", 15 parts) and
+# parts/part_locs.txt ("image_id part_id x y visible", pixels of the original image); the
+# synthetic generator writes the same two files for the parts it draws.
+
+PART_COLUMNS = ["image_id", "part_id", "part_name", "x", "y", "visible"]
+
+
+def read_parts(root: str | os.PathLike[str]) -> pd.DataFrame | None:
+    """The part annotations of a data set in CUB's layout, or None when it has none.
+
+    One row per (image, part): ``image_id, part_id, part_name, x, y, visible`` (0/1), in the
+    original image's pixel coordinates. A malformed line or an unknown part id is a
+    ``DatasetError`` naming the file.
+    """
+    folder = Path(root) / "parts"
+    names_path, locs_path = folder / "parts.txt", folder / "part_locs.txt"
+    if not names_path.is_file() and not locs_path.is_file():
+        return None
+    names = _read_table(names_path, ["class_id", "part_name"]).rename(
+        columns={"class_id": "part_id"}
+    )
+    locs = _read_part_locs(locs_path)
+    unknown = sorted(set(locs["part_id"]) - set(names["part_id"]))
+    if unknown:
+        raise DatasetError(f"{locs_path}: part ids {unknown[:5]} are not in {names_path}")
+    table = locs.merge(names, on="part_id", how="left")
+    return table[PART_COLUMNS].sort_values(["image_id", "part_id"]).reset_index(drop=True)
+
+
+def _read_part_locs(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing")
+    try:
+        table = pd.read_csv(
+            path, sep=r"\s+", header=None, names=["image_id", "part_id", "x", "y", "visible"],
+            dtype={"image_id": np.int64, "part_id": np.int64, "x": np.float64,
+                   "y": np.float64, "visible": np.int64},
+        )
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DatasetError(f"{path}: expected lines 'image_id part_id x y visible': {exc}") from exc
+    if table.isna().any().any() or not table["visible"].isin([0, 1]).all():
+        raise DatasetError(f"{path}: every line needs image_id part_id x y visible (0 or 1)")
+    duplicated = table.duplicated(["image_id", "part_id"])
+    if duplicated.any():
+        row = table[duplicated].iloc[0]
+        raise DatasetError(
+            f"{path}: image_id {int(row['image_id'])} part_id {int(row['part_id'])} appears twice"
+        )
+    return table

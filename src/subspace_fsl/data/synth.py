@@ -9,7 +9,10 @@ background clutter (including blobs in the head colours), colour jitter and nois
 
 Written files (the ones ``data.cub.read_cub`` parses): ``images.txt``, ``classes.txt``,
 ``image_class_labels.txt``, ``bounding_boxes.txt`` (the bird's real extent),
-``images/NNN.<name>/<name>_NNNN.jpg``; plus ``parts.json`` (each class's part values) and
+``images/NNN.<name>/<name>_NNNN.jpg``, ``parts/parts.txt`` ("part_id name") and
+``parts/part_locs.txt`` ("image_id part_id x y visible", pixel coordinates of the final image,
+visible = 1 when the point lies inside it): CUB's own part-annotation format, for the parts
+the generator draws (:data:`PART_POINTS`); plus ``parts.json`` (each class's part values) and
 ``synth.json`` (the generator's settings, written last: its presence marks a complete set).
 """
 
@@ -30,7 +33,7 @@ from tqdm import tqdm
 
 from subspace_fsl.config import atomic_directory
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: parts/part_locs.txt
 
 # The part vocabulary: name -> values. Head colours are RGB centres (jittered per image).
 HEAD_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -50,6 +53,21 @@ PARTS: dict[str, tuple[str, ...]] = {
 BEAK_LENGTH = {"short": 0.18, "medium": 0.42, "long": 0.72}
 BODY_COLOUR = (125, 105, 80)
 SUPERSAMPLE = 2  # drawn at twice the size, then downsampled: smooth edges
+
+# Annotated part locations, in the bird's own frame (half body length = 1, x towards the
+# beak, y up), each a point inside the drawn part that nothing drawn later covers. The beak
+# point is computed per image (its length varies): half-way from the head's edge to the tip.
+HEAD_CENTRE, HEAD_RADIUS, BEAK_BASE = (1.05, 0.45), 0.36, 1.3
+PART_POINTS: dict[str, tuple[float, float] | None] = {
+    "head": HEAD_CENTRE,
+    "beak": None,
+    "wing": (-0.1, 0.05),
+    "tail": (-1.2, 0.03),
+    "eye": (1.17, 0.55),
+    "body": (0.45, -0.3),
+    "leg": (-0.2, -0.7),
+}
+PART_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(PART_POINTS)}
 
 
 def max_classes() -> int:
@@ -143,6 +161,16 @@ def render(
     parts: dict[str, str], size: int, rng: np.random.Generator
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """One image of a bird with the given parts; returns (RGB image, bbox x, y, w, h)."""
+    image, bbox, _ = render_with_parts(parts, size, rng)
+    return image, bbox
+
+
+def render_with_parts(
+    parts: dict[str, str], size: int, rng: np.random.Generator
+) -> tuple[Image.Image, tuple[float, float, float, float], dict[str, tuple[float, float, int]]]:
+    """``render`` plus each annotated part's (x, y, visible) in the final image's pixels
+    (:data:`PART_POINTS`; visible = 1 when the point lies inside the image). Draws the same
+    random numbers as ``render``, so the image is identical."""
     side = size * SUPERSAMPLE
     background = tuple(int(v) for v in rng.integers(60, 200, 3))
     image = Image.new("RGB", (side, side), background)
@@ -157,11 +185,14 @@ def render(
     cos, sin = math.cos(angle), math.sin(angle)
     bird_points: list[np.ndarray] = []
 
-    def place(points: np.ndarray) -> list[tuple[float, float]]:
+    def to_image(points: np.ndarray) -> np.ndarray:
         x, y = points[:, 0] * mirror, points[:, 1]
         px = cx + unit * (cos * x - sin * y)
         py = cy - unit * (sin * x + cos * y)  # image y grows downwards
-        placed = np.stack([px, py], axis=1)
+        return np.stack([px, py], axis=1)
+
+    def place(points: np.ndarray) -> list[tuple[float, float]]:
+        placed = to_image(points)
         bird_points.append(placed)
         return [tuple(p) for p in placed]
 
@@ -191,9 +222,9 @@ def render(
 
     head = _jitter(rng, HEAD_COLOURS[parts["head"]], 18)
     beak_length = BEAK_LENGTH[parts["beak"]] * rng.uniform(0.9, 1.1)
-    beak = np.array([[1.3, 0.58], [1.3 + beak_length, 0.42], [1.3, 0.32]])
+    beak = np.array([[BEAK_BASE, 0.58], [BEAK_BASE + beak_length, 0.42], [BEAK_BASE, 0.32]])
     draw.polygon(place(beak), fill=_jitter(rng, (90, 80, 60), 15))
-    draw.polygon(place(_ellipse(1.05, 0.45, 0.36, 0.36, 0, 20)), fill=head)
+    draw.polygon(place(_ellipse(*HEAD_CENTRE, HEAD_RADIUS, HEAD_RADIUS, 0, 20)), fill=head)
     draw.polygon(place(_ellipse(1.17, 0.55, 0.07, 0.07, 0, 8)), fill=(10, 10, 10))
 
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 0.8)))
@@ -207,16 +238,30 @@ def render(
     extent = np.concatenate(bird_points) / SUPERSAMPLE
     x0, y0 = np.clip(extent.min(axis=0), 0, size)
     x1, y1 = np.clip(extent.max(axis=0), 0, size)
-    return image, (float(x0), float(y0), float(x1 - x0), float(y1 - y0))
+    beak_x = (HEAD_CENTRE[0] + HEAD_RADIUS + BEAK_BASE + beak_length) / 2
+    frame = np.array(
+        [point if point is not None else (beak_x, 0.44) for point in PART_POINTS.values()]
+    )
+    # the drawing's coordinates are continuous (0 = left edge of pixel 0): downsampling by
+    # SUPERSAMPLE divides them, pixel index = floor
+    located = to_image(frame) / SUPERSAMPLE
+    locations = {
+        name: (float(x), float(y), int(0 <= x < size and 0 <= y < size))
+        for name, (x, y) in zip(PART_POINTS, located, strict=True)
+    }
+    return image, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)), locations
 
 
 # --- the data set ------------------------------------------------------------------------
 
 
+Located = dict[str, tuple[float, float, int]]
+
+
 def _render_class(
     task: tuple[Path, int, str, dict[str, str], int, int, int],
-) -> list[tuple[str, tuple[float, ...]]]:
-    """Render and save one class's images; returns (relative path, bbox) per image."""
+) -> list[tuple[str, tuple[float, ...], Located]]:
+    """Render and save one class's images; returns (relative path, bbox, parts) per image."""
     root, index, name, parts, images_per_class, size, seed = task
     folder = root / "images" / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -224,10 +269,10 @@ def _render_class(
     rows = []
     for image_index in range(images_per_class):
         rng = np.random.default_rng([seed, index, image_index])
-        image, bbox = render(parts, size, rng)
+        image, bbox, located = render_with_parts(parts, size, rng)
         relative = f"{name}/{stem}_{image_index + 1:04d}.jpg"
         image.save(root / "images" / relative, quality=90)
-        rows.append((relative, bbox))
+        rows.append((relative, bbox, located))
     return rows
 
 
@@ -308,16 +353,25 @@ def generate(
 
 
 def _write_lists(
-    root: Path, names: list[str], results: list[list[tuple[str, tuple[float, ...]]]]
+    root: Path, names: list[str], results: list[list[tuple[str, tuple[float, ...], Located]]]
 ) -> None:
-    images, labels, boxes = [], [], []
+    images, labels, boxes, part_locs = [], [], [], []
     image_id = 0
     for class_index, rows in enumerate(results):
-        for relative, (x, y, w, h) in rows:
+        for relative, (x, y, w, h), located in rows:
             image_id += 1
             images.append(f"{image_id} {relative}\n")
             labels.append(f"{image_id} {class_index + 1}\n")
             boxes.append(f"{image_id} {x:.1f} {y:.1f} {w:.1f} {h:.1f}\n")
+            part_locs.extend(
+                f"{image_id} {PART_IDS[part]} {px:.1f} {py:.1f} {visible}\n"
+                for part, (px, py, visible) in located.items()
+            )
+    (root / "parts").mkdir(exist_ok=True)
+    (root / "parts" / "parts.txt").write_text(
+        "".join(f"{i} {name}\n" for name, i in PART_IDS.items())
+    )
+    (root / "parts" / "part_locs.txt").write_text("".join(part_locs))
     (root / "classes.txt").write_text("".join(f"{i + 1} {n}\n" for i, n in enumerate(names)))
     (root / "images.txt").write_text("".join(images))
     (root / "image_class_labels.txt").write_text("".join(labels))

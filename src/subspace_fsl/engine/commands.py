@@ -63,7 +63,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     setup_logging()
     cfg = load_config(args.config, args.overrides)
-    table = predict(args.checkpoint, args.support, args.images, cfg)
+    table = predict(args.checkpoint, args.support, args.images, cfg, args.explain)
     out = Path(args.out)
     atomic_write_text(out, table.to_csv(index=False))
     save_config(cfg, out.with_name(f"{out.stem}.config.yaml"))

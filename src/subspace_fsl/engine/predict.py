@@ -4,6 +4,9 @@ The support folder holds one subfolder per class with a few images each; every i
 and query) goes through the cache's own resize / centre-crop and normalisation. The result
 has one row per (image, class): the distance D(q, c), its rank, and each feature subspace's
 share of it (per_subspace / total), so a user can see which subspaces drove a decision.
+With ``explain_dir``, each query also gets ``<explain_dir>/<NNNN>_<stem>.png``: the image and
+one evidence map per subspace for its predicted class against the runner-up
+(``subspace_fsl.explain.maps``; exact for the built-in backbones and heads).
 """
 
 from __future__ import annotations
@@ -47,6 +50,19 @@ def image_paths(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return paths
 
 
+def load_files(
+    paths: list[Path], dataset: Mapping[str, Any], runtime: Runtime
+) -> tuple[np.ndarray, torch.Tensor]:
+    """(uint8 [n, 3, H, W], normalised float images on the device), as the cache does it."""
+    from subspace_fsl.data.episodes import EpisodeLoader
+    from subspace_fsl.data.images import load_image
+
+    batch = np.stack([load_image(p, dataset["image_size"], dataset["resize"]) for p in paths])
+    # the loader holds the cache's normalisation; here it normalises decoded files
+    loader = EpisodeLoader(SimpleNamespace(images=batch), runtime.device, augment=False)
+    return batch, loader.load(np.arange(len(batch)))
+
+
 def embed_files(
     model: FewShotModel,
     paths: list[Path],
@@ -55,24 +71,56 @@ def embed_files(
     runtime: Runtime,
 ) -> torch.Tensor:
     """Features of image files, preprocessed exactly as the image cache does."""
-    from subspace_fsl.data.episodes import EpisodeLoader
-    from subspace_fsl.data.images import load_image
-
     chunks = []
     with no_grad_eval(model):
         for start in range(0, len(paths), batch_size):
-            batch = np.stack(
-                [
-                    load_image(p, dataset["image_size"], dataset["resize"])
-                    for p in paths[start : start + batch_size]
-                ]
-            )
-            # the loader holds the cache's normalisation; here it normalises decoded files
-            loader = EpisodeLoader(SimpleNamespace(images=batch), runtime.device, augment=False)
-            images = loader.load(np.arange(len(batch)))
+            _, images = load_files(paths[start : start + batch_size], dataset, runtime)
             with runtime.autocast():
                 chunks.append(model.backbone(to_input(images, runtime)).float())
     return torch.cat(chunks)
+
+
+def explain_files(
+    model: FewShotModel,
+    support_paths: list[Path],
+    support_features: torch.Tensor,
+    labels: torch.Tensor,
+    queries: list[Path],
+    class_names: list[str],
+    dataset: Mapping[str, Any],
+    batch_size: int,
+    runtime: Runtime,
+    out_dir: Path,
+) -> list[Path]:
+    """One PNG per query: the image and its S evidence maps (predicted vs runner-up)."""
+    from subspace_fsl.explain.maps import evidence_maps, exact_supported
+    from subspace_fsl.explain.plots import save_query_figure
+
+    support_images = None
+    if exact_supported(model) is not None:  # the gradient fallback needs the support images
+        support_images = load_files(support_paths, dataset, runtime)[1]
+    written = []
+    model.eval()
+    for start in range(0, len(queries), batch_size):
+        chunk = queries[start : start + batch_size]
+        pixels, images = load_files(chunk, dataset, runtime)
+        result = evidence_maps(
+            model, support_images, labels, images, support_features=support_features
+        )
+        evidence = result.evidence.float().cpu().numpy()
+        shares = result.per_subspace.float().cpu()
+        for i, path in enumerate(chunk):
+            c1, c2 = int(result.predicted[i]), int(result.runner_up[i])
+            share = shares[:, i, c1] / shares[:, i, c1].sum().clamp_min(1e-30)
+            title = (
+                f"{path.name}: {class_names[c1]} (vs {class_names[c2]})"
+                f"{'' if result.exact else ' [gradient x activation]'}"
+            )
+            labels_s = [f"s{s + 1} share {float(v):.2f}" for s, v in enumerate(share)]
+            name = f"{start + i + 1:04d}_{path.stem}.png"
+            written.append(save_query_figure(pixels[i], evidence[i], title, out_dir / name,
+                                             labels_s))
+    return written
 
 
 def predict(
@@ -80,11 +128,13 @@ def predict(
     support_dir: str | os.PathLike[str],
     images: Iterable[str | os.PathLike[str]],
     cfg: Mapping[str, Any] | None = None,
+    explain_dir: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Predict the class of each image; one row per (image, class), the predicted class first.
 
     ``cfg`` supplies the runtime section and ``eval.batch_size`` (default: the schema's).
-    Columns: image, predicted, class, rank, distance, share_s1 .. share_sS.
+    Columns: image, predicted, class, rank, distance, share_s1 .. share_sS. With
+    ``explain_dir``, one evidence-map PNG per query is written there (module docstring).
     """
     from subspace_fsl.config import load_config
     from subspace_fsl.data.folder import read_folder
@@ -128,6 +178,15 @@ def predict(
         out = model.head(support_features, labels, query_features)
     distances = out.distances.float().cpu().numpy()  # [Q, N]
     per_subspace = out.per_subspace.float().cpu().numpy()  # [S, Q, N]
+    if explain_dir is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        written = explain_files(
+            model, [Path(p) for p in support["path"]], support_features, labels, queries,
+            class_names, dataset, batch, runtime, Path(explain_dir),
+        )
+        log.info("wrote %d evidence-map figures to %s", len(written), explain_dir)
     totals = per_subspace.sum(axis=0)
     shares = np.divide(
         per_subspace, totals, out=np.full_like(per_subspace, np.nan), where=totals > 0

@@ -37,11 +37,9 @@ def _positive_int(name: str, value: object) -> int:
     return value
 
 
-def feature_subspace_diversity(support_z: Tensor, form: str) -> Tensor:
-    """L1 from the support data of every subspace, support_z [S, NK, d] (0 when S = 1)."""
-    s, nk, _ = support_z.shape
-    if s == 1:
-        return support_z.new_zeros(())
+def subspace_correlations(support_z: Tensor, form: str = "rv") -> Tensor:
+    """[S, S] matrix of ||Z_i^T Z_j||_F^2, divided by ||Z_i^T Z_i||_F ||Z_j^T Z_j||_F for
+    ``form="rv"`` (the RV coefficients, diagonal 1); support_z [S, NK, d]."""
     if form == "rv":
         # RV is scale-invariant per subspace: a detached rescale avoids overflow at 1e6.
         scale = support_z.detach().abs().amax(dim=(1, 2), keepdim=True)
@@ -51,6 +49,16 @@ def feature_subspace_diversity(support_z: Tensor, form: str) -> Tensor:
     if form == "rv":
         norms = inner.diagonal().clamp_min(torch.finfo(inner.dtype).tiny).sqrt()
         inner = inner / (norms[:, None] * norms[None, :])
+    return inner
+
+
+def feature_subspace_diversity(support_z: Tensor, form: str) -> Tensor:
+    """L1 from the support data of every subspace, support_z [S, NK, d] (0 when S = 1)."""
+    s, nk, _ = support_z.shape
+    if s == 1:
+        return support_z.new_zeros(())
+    inner = subspace_correlations(support_z, form)
+    if form == "rv":
         return off_diagonal_sum(inner) / (s * (s - 1))
     return off_diagonal_sum(inner) / (s * (s - 1) * nk**2)
 
