@@ -61,7 +61,7 @@ TINY = {
     "split": {"rule": "random", "counts": [3, 3, 3], "seed": 0},
     "model": {"subspace_dim": 8},
     "train": {"query": 2, "max_episodes": 4, "val_every": 2, "val_episodes": 2, "patience": 2,
-              "checkpoint_every": 2, "log_every": 2, "lr_schedule": "none", "augment": False},
+              "checkpoint_every": 2, "log_every": 2, "lr_schedule": "none", "augment": "none"},
     "eval": {"episodes": 6, "query": 2, "batch_size": 64},
     "grid": {"way": [3], "shot": [1], "n_subspaces": [2], "lambda1": [0.1],
              "lambda2": [0, 0.1], "seeds": [0],

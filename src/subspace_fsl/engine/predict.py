@@ -68,7 +68,7 @@ def embed_files(
                 ]
             )
             # the loader holds the cache's normalisation; here it normalises decoded files
-            loader = EpisodeLoader(SimpleNamespace(images=batch), runtime.device, augment=False)
+            loader = EpisodeLoader(SimpleNamespace(images=batch), runtime.device, augment="none")
             images = loader.load(np.arange(len(batch)))
             with runtime.autocast():
                 chunks.append(model.backbone(to_input(images, runtime)).float())
