@@ -110,3 +110,55 @@ def test_float64_and_channels_last_inputs_are_handled():
     out = augment(images, _params(3, box=(0.25, 0.25, 0.5, 0.5), flip=True, b=1.2))
     assert out.dtype == torch.float64 and out.shape == images.shape
     assert math.isfinite(out.sum().item())
+
+
+def test_policy_registry_names_the_three_policies_and_refuses_others():
+    import pytest
+
+    from subspace_fsl.data.augment import AUGMENT_POLICIES
+
+    assert AUGMENT_POLICIES.names() == ["flip", "none", "standard"]
+    with pytest.raises(ValueError, match="unknown augmentation policy 'jitter'"):
+        AUGMENT_POLICIES.get("jitter")
+
+
+def test_none_policy_is_the_identity_and_flip_policy_mirrors_per_image():
+    from subspace_fsl.data.augment import AUGMENT_POLICIES, random_flip
+
+    images = _images(6, 12)
+    assert AUGMENT_POLICIES.get("none")(images) is images
+    flip = torch.tensor([True, False, True, False, False, True])
+    out = random_flip(images, flip)
+    for i in range(6):  # torchvision's own horizontal flip, image by image
+        expected = TF.horizontal_flip(images[i]) if flip[i] else images[i]
+        assert torch.equal(out[i], expected)
+    # a fresh draw flips about half, reproducibly from the global seed, and changes no pixel value
+    many = _images(400, 8)
+    torch.manual_seed(5)
+    first = AUGMENT_POLICIES.get("flip")(many)
+    torch.manual_seed(5)
+    assert torch.equal(first, AUGMENT_POLICIES.get("flip")(many))
+    flipped = (first != many).flatten(1).any(dim=1)
+    assert 150 < int(flipped.sum()) < 250
+    assert torch.equal(first.flatten(1).sort(dim=1).values, many.flatten(1).sort(dim=1).values)
+
+
+def test_standard_policy_is_crop_flip_and_jitter():
+    from subspace_fsl.data.augment import AUGMENT_POLICIES
+
+    images = _images(5, 16)
+    torch.manual_seed(9)
+    expected = augment(images)
+    torch.manual_seed(9)
+    assert torch.equal(AUGMENT_POLICIES.get("standard")(images), expected)
+
+
+def test_train_augment_takes_a_policy_name_and_refuses_the_old_boolean():
+    import pytest
+
+    from subspace_fsl.config import ConfigError, load_config
+
+    assert load_config()["train"]["augment"] == "standard"
+    assert load_config(overrides=["train.augment=flip"])["train"]["augment"] == "flip"
+    with pytest.raises(ConfigError, match=r"train\.augment: True is not one of"):
+        load_config(overrides=["train.augment=true"])

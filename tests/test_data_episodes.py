@@ -91,7 +91,9 @@ def test_augmentation_differs_per_image_and_channels_last() -> None:
     image = np.random.default_rng(1).integers(0, 256, (1, 3, 24, 24), dtype=np.uint8)
     images = np.repeat(image, 48, axis=0)  # every image identical
     torch.manual_seed(0)
-    loader = EpisodeLoader(SimpleNamespace(images=images), "cpu", augment=True, channels_last=True)
+    loader = EpisodeLoader(
+        SimpleNamespace(images=images), "cpu", augment="standard", channels_last=True
+    )
     support, query = loader(EpisodeSampler(LABELS, range(8), 4, 3, 2, seed=0).sample())
     assert support.shape == (12, 3, 24, 24) and query.shape == (8, 3, 24, 24)
     assert support.is_contiguous(memory_format=torch.channels_last)

@@ -56,7 +56,7 @@ def test_cache_on_device_gives_the_memory_mapped_paths_tensors(cfg: dict) -> Non
     assert place_cache(placed, configure(_with_runtime(cfg, cache_on_device=True)))
     assert isinstance(placed.images, torch.Tensor) and placed.images.dtype == torch.uint8
     assert np.array_equal(placed.images.numpy(), np.asarray(mapped.cache.images))
-    for augment in (False, True):
+    for augment in ("none", "flip", "standard"):
         from_map = EpisodeLoader(mapped, "cpu", augment=augment, channels_last=True)
         from_tensor = EpisodeLoader(placed, "cpu", augment=augment, channels_last=True)
         for episode in _episodes(mapped, cfg):
@@ -91,7 +91,7 @@ def _one_step(cfg: dict, runtime, compile_backbone: bool = False) -> tuple[dict,
     if compile_backbone:
         assert step_model.backbone is not model.backbone
     optimizer = build_optimizer(cfg, model)
-    loader = EpisodeLoader(data, runtime.device, augment=False)
+    loader = EpisodeLoader(data, runtime.device, augment="none")
     episode = _episodes(data, cfg, 1)[0]
     support, query = loader(episode)
     support_labels, query_labels = loader.labels(episode)

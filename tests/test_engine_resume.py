@@ -35,7 +35,7 @@ def settings(root: Path) -> dict:
         # augmentation on: the torch RNG must be restored too for the runs to agree
         "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": MAX_EPISODES, "val_every": 10,
                   "val_episodes": 4, "log_every": 5, "checkpoint_every": 5, "patience": 100,
-                  "lr_schedule": "cosine", "augment": True},
+                  "lr_schedule": "cosine", "augment": "standard"},
         "eval": {"query": 3, "batch_size": 32},
         "runtime": {"threads": 1, "progress": "log", "device": "cpu"},
     }

@@ -131,3 +131,14 @@ def logs_dir(cfg: Mapping[str, Any]) -> Path:
 
 def benchmarks_dir(cfg: Mapping[str, Any]) -> Path:
     return results_dir(cfg) / "benchmarks" / dataset_name(cfg)
+
+
+def pretrain_dir(cfg: Mapping[str, Any]) -> Path:
+    """``{results_dir}/pretrain/{dataset}/{backbone}``: one pre-training per data set and
+    backbone, shared by every grid cell (its ``config.yaml`` says what it was made from)."""
+    return results_dir(cfg) / "pretrain" / dataset_name(cfg) / str(cfg["model"]["backbone"])
+
+
+def pretrained_backbone(cfg: Mapping[str, Any]) -> Path:
+    """The pre-trained weights a ``train.init: pretrained`` run starts from."""
+    return pretrain_dir(cfg) / "backbone.pt"

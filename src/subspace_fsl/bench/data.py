@@ -101,7 +101,7 @@ def bench_episodes(args: argparse.Namespace, workdir: Path) -> None:
     )
     episodes = [sampler.sample() for _ in range(args.episodes)]
     loader = EpisodeLoader(cache, "cpu")
-    augmenting = EpisodeLoader(cache, "cpu", augment=True)
+    augmenting = EpisodeLoader(cache, "cpu", augment="standard")
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     paths = records["path"].tolist()
@@ -157,7 +157,7 @@ def bench_difficulty(args: argparse.Namespace, workdir: Path) -> None:
     torch.manual_seed(args.seed)
     model = build_backbone("conv4")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = EpisodeLoader(cache, "cpu", augment=False)
+    loader = EpisodeLoader(cache, "cpu", augment="none")
     train = EpisodeSampler(cache.labels, base, args.way, args.shot, args.query, args.seed)
     started = time.perf_counter()
     model.train()

@@ -74,7 +74,7 @@ def bench_evaluation(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str,
 
     subset = plan[: args.reembed_episodes]
     loader = EpisodeLoader(
-        data.cache, runtime.device, augment=False, channels_last=runtime.channels_last
+        data.cache, runtime.device, augment="none", channels_last=runtime.channels_last
     )
     reembedded = np.empty(len(subset))
     sync(runtime.device)

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-malloc-tuning", action="store_true")
     parser.add_argument("--no-channels-last", action="store_true")
-    parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--augment", default="standard", choices=("none", "flip", "standard"),
+                        help="training augmentation policy (train.augment)")
     parser.add_argument("--rows", type=int, default=12, help="operators listed")
     parser.add_argument("--trace", type=Path, default=None, help="write a Chrome trace here")
     args = parser.parse_args(argv)
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             f"model.backbone={args.backbone}",
             f"runtime.malloc_tuning={str(not args.no_malloc_tuning).lower()}",
             f"runtime.channels_last={str(not args.no_channels_last).lower()}",
-            f"train.augment={str(not args.no_augment).lower()}",
+            f"train.augment={args.augment}",
         ]
         cfg = _config(Path(tmp), _engine_args(args), args.head, settings)
         step = training_stepper(cfg)
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = cfg["runtime"]
     print(
         f"{args.backbone} + {args.head}, {args.size} px, {args.way}-way {args.shot}-shot "
-        f"{args.query}-query, augment={not args.no_augment}, malloc_tuning="
+        f"{args.query}-query, augment={args.augment}, malloc_tuning="
         f"{runtime['malloc_tuning']}, channels_last={runtime['channels_last']}, "
         f"threads={runtime['threads'] or 'cores given'}"
     )

@@ -1,6 +1,14 @@
-"""Training augmentation for a whole batch at once, each image with its own random draw.
+"""Training augmentation policies for a whole batch at once, each image with its own draw.
 
-The same three transforms as the field's usual pipeline (torchvision's RandomResizedCrop,
+``train.augment`` names a policy of :data:`AUGMENT_POLICIES`:
+
+- ``none``: the images as they are;
+- ``flip``: a horizontal flip with p = 0.5 per image (the cheapest label-preserving
+  transform; what easyfsl's tutorial and most short-budget runs use);
+- ``standard``: random resized crop + flip + colour jitter, below (tuned for long runs: at a
+  short budget it costs accuracy, see docs/engine.md).
+
+``standard`` is the same three transforms as the field's usual pipeline (torchvision's RandomResizedCrop,
 RandomHorizontalFlip, ColorJitter), written as a few batched tensor operations so that they
 cost milliseconds per episode on a CPU and a handful of kernels on a GPU, instead of one
 small transform call per image:
@@ -29,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from subspace_fsl.registry import Registry
 
 CROP_SCALE = (0.6, 1.0)
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -122,6 +132,27 @@ def color_jitter(images: torch.Tensor, params: AugmentParams) -> torch.Tensor:
     return (images * s + (1 - s) * gray(images)).clamp_(0, 1)
 
 
+#: ``train.augment`` -> a function of a float batch [n, 3, H, W] in [0, 1] (same shape out)
+AUGMENT_POLICIES: Registry[torch.Tensor] = Registry("augmentation policy")
+
+
+@AUGMENT_POLICIES.register("none")
+def no_augmentation(images: torch.Tensor) -> torch.Tensor:
+    """The identity (evaluation, and training without augmentation)."""
+    return images
+
+
+@AUGMENT_POLICIES.register("flip")
+def random_flip(images: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror each image left-right where ``flip`` (default: a fresh p = 0.5 draw per image
+    from torch's global generator, on the CPU like the ``standard`` policy's draws)."""
+    if flip is None:
+        flip = torch.rand(images.shape[0]) < 0.5
+    where = flip.to(images.device).view(-1, 1, 1, 1)
+    return torch.where(where, images.flip(-1), images)
+
+
+@AUGMENT_POLICIES.register("standard")
 def augment(images: torch.Tensor, params: AugmentParams | None = None) -> torch.Tensor:
     """Crop, flip and colour-jitter a float batch [n, 3, H, W] in [0, 1], on its own device.
 

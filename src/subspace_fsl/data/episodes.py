@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from subspace_fsl.data.augment import augment as augment_batch
+from subspace_fsl.data.augment import AUGMENT_POLICIES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -159,12 +159,13 @@ class EpisodeLoader:
         self,
         cache: Any,
         device: str | torch.device = "cpu",
-        augment: bool = False,
+        augment: str = "none",
         channels_last: bool = False,
     ) -> None:
         self.images = cache.images
         self.device = torch.device(device)
         self.augment = augment
+        self.policy = AUGMENT_POLICIES.get(augment)
         self.channels_last = channels_last
         mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
@@ -186,8 +187,8 @@ class EpisodeLoader:
     def load(self, indices: np.ndarray) -> torch.Tensor:
         """Normalised float images of the given cache indices, on the device."""
         batch = self.gather(indices).to(torch.float32)
-        if self.augment:
-            batch = augment_batch(batch.div_(255.0))
+        if self.augment != "none":
+            batch = self.policy(batch.div_(255.0))
             batch = batch.mul_(self.unit_scale).add_(self.shift)
         else:
             batch = batch.mul_(self.scale).add_(self.shift)

@@ -64,7 +64,7 @@ class EngineData:
         from subspace_fsl.data.episodes import EpisodeLoader
 
         if device not in self._loaders:
-            self._loaders[device] = EpisodeLoader(self, device, augment=False)
+            self._loaders[device] = EpisodeLoader(self, device, augment="none")
         return self._loaders[device].load(np.asarray(indices, dtype=np.int64))
 
 

@@ -59,7 +59,7 @@ def load_files(
 
     batch = np.stack([load_image(p, dataset["image_size"], dataset["resize"]) for p in paths])
     # the loader holds the cache's normalisation; here it normalises decoded files
-    loader = EpisodeLoader(SimpleNamespace(images=batch), runtime.device, augment=False)
+    loader = EpisodeLoader(SimpleNamespace(images=batch), runtime.device, augment="none")
     return batch, loader.load(np.arange(len(batch)))
 
 
