@@ -35,15 +35,12 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_init_tracking(args: argparse.Namespace) -> int:
-    """``tracking.ensure_store`` once, before the training jobs fan out; writes a marker."""
-    from subspace_fsl import tracking
+    """The MLflow store, experiment and the benchmark's parent run, once, before the training
+    jobs fan out (``benchmark_tracking.init_benchmark``); writes the marker they read."""
+    from subspace_fsl.benchmark_tracking import init_benchmark
 
-    cfg = _cfg(args)
-    experiment_id = tracking.ensure_store(cfg)
-    record = {"enabled": cfg["tracking"]["enabled"], "experiment_id": experiment_id,
-              "experiment": tracking.experiment_name(cfg) if experiment_id else None,
-              "uri": tracking.tracking_uri(cfg) if experiment_id else None}
-    out = Path(args.out or paths.tracking_marker(cfg))
+    record = init_benchmark(_cfg(args))
+    out = Path(args.out or paths.tracking_marker(_cfg(args)))
     atomic_write_text(out, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record))
     return 0
@@ -59,17 +56,25 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def run_tables(args: argparse.Namespace) -> int:
+    from subspace_fsl.benchmark_tracking import log_selection_and_tables
     from subspace_fsl.report import write_tables
 
-    for path in write_tables(_cfg(args)):
+    cfg = _cfg(args)
+    written = write_tables(cfg)
+    log_selection_and_tables(cfg, written)  # into the benchmark's MLflow parent run
+    for path in written:
         print(path)
     return 0
 
 
 def run_plots(args: argparse.Namespace) -> int:
+    from subspace_fsl.benchmark_tracking import log_plots
     from subspace_fsl.report import write_plots
 
-    for path in write_plots(_cfg(args)):
+    cfg = _cfg(args)
+    written = write_plots(cfg)
+    log_plots(cfg, written)  # into the benchmark's MLflow parent run
+    for path in written:
         print(path)
     return 0
 

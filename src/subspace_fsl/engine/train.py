@@ -350,7 +350,7 @@ def train(
     )
     if isinstance(tracker, tracking.RunTracker):
         tracker.reopen()
-        tracker.log_params(tracking.flatten(cfg))
+        tracking.log_training_start(tracker, cfg, data, out)  # params, data, sampler
         tracker.log_artifact(out / "config.yaml")
 
     window = _Window(state["window"])
@@ -468,6 +468,7 @@ def train(
     )
     for name in (BEST, HISTORY, SUMMARY):
         tracker.log_artifact(out / name)
+    tracking.log_training_end(tracker, cfg, out)  # best.pt as an MLflow model
     tracker.finish("FINISHED")
     atomic_write_text(
         out / DONE,
