@@ -225,3 +225,56 @@ def test_end_to_end_tiny_grid(tmp_path):
         "train": 1, "evaluate": 2, "select": 1, "tables": 1, "plots": 1, "all": 1}
     assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)
+
+
+@pytest.mark.slow
+def test_tiny_grid_reads_as_one_benchmark_in_mlflow_and_in_chromium(tmp_path):
+    """The workflow's own store: one parent run, the grid as its children (named by method),
+    their params, metrics, models, data set and artifacts; then the UI in headless Chromium."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+    from test_mlflow_benchmark import MlflowServer, chromium, page_dom, visible_text
+
+    from subspace_fsl.benchmark_tracking import view_url
+    from subspace_fsl.config import load_config
+
+    config = _write_config(tmp_path, TINY)
+    cfg = load_config(config)
+    snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    marker = json.loads(paths.tracking_marker(cfg).read_text())
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    parent = client.get_run(marker["parent_run_id"])
+    children = {f"{method}/{name}" for method, name in RUN_NAMES}
+    assert set(runs) == children | {parent.info.run_name}
+    assert parent.data.params["grid.lambda2"] == "[0, 0.1]"
+    models = {m.source_run_id for m in client.search_logged_models([experiment.experiment_id])}
+    for name in children:
+        run = runs[name]
+        method, folder = name.split("/")
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert not any(k.startswith(("grid.", "runtime.")) for k in run.data.params)
+        assert run.data.params["split.n_novel"] == "3"
+        novel = json.loads((paths.eval_dir(cfg, method, "novel", folder) / "summary.json")
+                           .read_text())
+        assert run.data.metrics["novel_acc"] == pytest.approx(novel["mean"])
+        assert "val_eval_acc" in run.data.metrics and run.info.run_id in models
+        assert run.inputs.dataset_inputs[0].dataset.name == "tiny"
+        top = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"train.log", "data", "eval"} <= top
+    parent_files = {a.path for folder in ("tables", "plots")
+                    for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"tables/main.csv", "tables/main.md", "tables/paired.csv",
+            "plots/training_curves.png"} <= parent_files
+    assert any(k.startswith("main/multisubspace/") for k in parent.data.metrics)
+
+    browser = chromium()
+    with MlflowServer(uri) as server:
+        text = visible_text(page_dom(browser, view_url(experiment.experiment_id, server.base)))
+    for name in children:
+        assert name in text
+        assert f"{runs[name].data.metrics['novel_acc']:.4g}"[:4] in text
