@@ -175,3 +175,30 @@ def test_a_folder_whose_record_is_lost_finds_its_run_by_tag(tmp_path, monkeypatc
     runs = client.search_runs([client.get_experiment_by_name("birds").experiment_id])
     assert [r.info.run_name for r in runs] == ["protonet/w5_k1"]  # the method from the layout
     assert runs[0].data.tags["method"] == "protonet"
+
+
+def test_a_create_retried_after_a_late_lock_error_makes_no_second_run(tmp_path, monkeypatch):
+    """The store did the create but reported "database is locked" (a late commit error, a
+    server reply lost): the retry finds the folder's run instead of creating another."""
+    from subspace_fsl.tracking import _create_run_once
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config(tmp_path)
+    experiment_id = ensure_store(cfg)
+
+    class LateLockClient(MlflowClient):  # a real store that fails after the first create
+        failures = 1
+
+        def create_run(self, *args, **kwargs):
+            run = super().create_run(*args, **kwargs)
+            if LateLockClient.failures:
+                LateLockClient.failures -= 1
+                raise RuntimeError("(sqlite3.OperationalError) database is locked")
+            return run
+
+    client = LateLockClient(tracking_uri(cfg))
+    folder = str(tmp_path / "runs" / "x")
+    tags = {"mlflow.runName": "m/x", "run_dir": folder}
+    run_id = _create_run_once(client, experiment_id, tags, folder)
+    runs = client.search_runs([experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]

@@ -412,6 +412,27 @@ def _find_run_of_folder(client: Any, experiment_id: str, folder: str) -> Any | N
     return found[0] if found else None
 
 
+def _create_run_once(
+    client: Any, experiment_id: str, tags: Mapping[str, str], folder: str
+) -> str:
+    """``create_run``, retried while the store is busy, but never twice: a create that failed
+    after the store had done it (a locked commit reported late, a server reply lost) would
+    otherwise leave a second run of the folder; each retry first looks the folder's run up."""
+    delay, deadline = 0.05, time.monotonic() + RETRY_SECONDS
+    while True:
+        try:
+            return client.create_run(
+                experiment_id, tags=dict(tags), run_name=tags["mlflow.runName"]).info.run_id
+        except Exception as exc:
+            if not _is_transient(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+            found = _find_run_of_folder(client, experiment_id, folder)
+            if found is not None:
+                return found.info.run_id
+
+
 def open_run(
     cfg: Mapping[str, Any], run_dir: str | os.PathLike[str], tags: Mapping[str, Any] | None = None
 ) -> NullTracker:
@@ -459,10 +480,7 @@ def open_run(
             if found is not None:
                 run_id = found.info.run_id
             else:
-                run_id = with_retry(
-                    client.create_run, experiment_id, tags=run_tags, run_name=identity[
-                        "mlflow.runName"]
-                ).info.run_id
+                run_id = _create_run_once(client, experiment_id, run_tags, str(folder))
             record = {"uri": uri, "experiment_id": experiment_id, "run_id": run_id}
             atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
     tracker = RunTracker(uri, run_id)
