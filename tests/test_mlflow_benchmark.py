@@ -428,3 +428,19 @@ def test_the_ui_shows_the_grid_and_its_novel_accuracy_in_chromium(bench):
                    "model.n_subspaces", "train.shot", "train.seed", "method"):
         assert column in text, column
     assert "benchmark/tiny-" not in text  # the view lists the training runs
+
+
+def test_init_tracking_reuses_the_parent_of_a_configuration_and_makes_one_per_grid(tmp_path):
+    from subspace_fsl.benchmark_tracking import init_benchmark
+
+    base = [f"results_dir={tmp_path / 'results'}", "dataset.name=birds"]
+    cfg = load_config(None, base)
+    first, again = init_benchmark(cfg), init_benchmark(cfg)
+    assert first["parent_run_id"] == again["parent_run_id"]
+    wider = init_benchmark(load_config(None, [*base, "grid.shot=[1, 5, 10]"]))
+    assert wider["parent_run_id"] != first["parent_run_id"]
+    client = MlflowClient(tracking_uri(cfg))
+    parents = client.search_runs([first["experiment_id"]],
+                                 "tags.`subspace_fsl.kind` = 'benchmark'")
+    assert sorted(p.data.params["grid.shot"] for p in parents) == ["[1, 5, 10]", "[1, 5]"]
+    assert all(p.info.status == "FINISHED" and p.info.end_time for p in parents)
