@@ -281,6 +281,7 @@ class RunTracker(NullTracker):
         self._monitor: Any = None
         self._log_handler: logging.Handler | None = None
         self._log_file: Path | None = None
+        self._root_level = logging.NOTSET
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log settings; on a resumed run only the new ones (MLflow params are immutable)."""
@@ -335,9 +336,11 @@ class RunTracker(NullTracker):
         handler = logging.FileHandler(self._log_file, mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.INFO)
-        logging.getLogger().addHandler(handler)
-        if logging.getLogger().level > logging.INFO:
-            logging.getLogger().setLevel(logging.INFO)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        self._root_level = root.level
+        if root.level > logging.INFO:  # INFO lines reach the file even if nobody set logging up
+            root.setLevel(logging.INFO)
         self._log_handler = handler
 
     def _stop_extras(self) -> None:
@@ -356,6 +359,7 @@ class RunTracker(NullTracker):
             log.info("MLflow run %s ends", self.run_id)
             handler, self._log_handler = self._log_handler, None
             logging.getLogger().removeHandler(handler)
+            logging.getLogger().setLevel(self._root_level)
             handler.close()
             if self._log_file is not None and self._log_file.is_file():
                 with_retry(self.client.log_artifact, self.run_id, str(self._log_file))
