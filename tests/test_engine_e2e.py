@@ -157,15 +157,15 @@ def test_mlflow_holds_params_metrics_tags_and_artifacts(workspace: Path, trained
     assert client.get_experiment(run.info.experiment_id).name == "tiny"
     params = run.data.params
     assert params["train.way"] == "2" and params["model.head"] == "multisubspace"
-    assert params["split.counts"] == "[4, 2, 2]" and params["runtime.device"] == "cpu"
+    assert params["split.counts"] == "[4, 2, 2]" and run.data.tags["runtime.device"] == "cpu"
     steps = {key: [m.step for m in client.get_metric_history(run.info.run_id, key)]
              for key in ("train_loss", "train_acc", "l1", "l2", "val_acc", "episodes_per_s",
-                         "eval_novel_acc", "eval_novel_ci95")}
+                         "novel_acc", "novel_ci95")}
     assert steps["train_loss"] == list(range(LOG_EVERY, MAX_EPISODES + 1, LOG_EVERY))
     assert steps["val_acc"] == list(range(VAL_EVERY, MAX_EPISODES + 1, VAL_EVERY))
-    assert len(steps["eval_novel_acc"]) == len(steps["eval_novel_ci95"]) == 1
+    assert len(steps["novel_acc"]) == len(steps["novel_ci95"]) == 1
     novel = json.loads((evaluated / "summary.json").read_text())
-    assert run.data.metrics["eval_novel_acc"] == pytest.approx(novel["mean"])
+    assert run.data.metrics["novel_acc"] == pytest.approx(novel["mean"])
     tags = run.data.tags
     assert tags["data_stamp"] == ImageCache.open(workspace / "results/cache/tiny").stamp
     assert tags["device"] == "cpu" and tags["subspace_fsl.version"]

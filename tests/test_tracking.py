@@ -97,7 +97,7 @@ def test_a_run_directory_keeps_its_run_and_artifacts_land_next_to_the_db(
     again.log_params(flatten({"train": {"shot": 1, "way": 5}}))  # re-logging is harmless
     client = MlflowClient(tracking_uri(cfg))
     run = client.get_run(first.run_id)
-    assert run.info.run_name == "w5_k1"
+    assert run.info.run_name == "multisubspace/w5_k1"  # outside the layout: model.head
     assert run.data.params == {"train.shot": "1", "train.way": "5"}
     assert run.data.tags["device"] == "cpu"
     experiment = client.get_experiment(run.info.experiment_id)
@@ -157,3 +157,48 @@ def test_four_processes_log_to_one_fresh_store_and_lose_nothing(tmp_path, monkey
         for key in ("train_loss", "train_acc", "l1", "l2"):
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted(m.step for m in history) == list(range(steps)), key
+
+
+def test_a_folder_whose_record_is_lost_finds_its_run_by_tag(tmp_path, monkeypatch) -> None:
+    """The record file deleted (or written for another store, or never written because the job
+    died right after creating the run): the store's run_dir tag still names the run."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config(tmp_path)
+    run_dir = tmp_path / "results" / "runs" / "birds" / "protonet" / "w5_k1"
+    first = open_run(cfg, run_dir)
+    (run_dir / "mlflow_run.json").unlink()
+    assert open_run(cfg, run_dir).run_id == first.run_id
+    (run_dir / "mlflow_run.json").write_text(json.dumps({"uri": "sqlite:///other.db",
+                                                         "run_id": "0" * 32}))
+    assert open_run(cfg, run_dir).run_id == first.run_id == recorded_run_id(run_dir)
+    client = MlflowClient(tracking_uri(cfg))
+    runs = client.search_runs([client.get_experiment_by_name("birds").experiment_id])
+    assert [r.info.run_name for r in runs] == ["protonet/w5_k1"]  # the method from the layout
+    assert runs[0].data.tags["method"] == "protonet"
+
+
+def test_a_create_retried_after_a_late_lock_error_makes_no_second_run(tmp_path, monkeypatch):
+    """The store did the create but reported "database is locked" (a late commit error, a
+    server reply lost): the retry finds the folder's run instead of creating another."""
+    from subspace_fsl.tracking import _create_run_once
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = config(tmp_path)
+    experiment_id = ensure_store(cfg)
+
+    class LateLockClient(MlflowClient):  # a real store that fails after the first create
+        failures = 1
+
+        def create_run(self, *args, **kwargs):
+            run = super().create_run(*args, **kwargs)
+            if LateLockClient.failures:
+                LateLockClient.failures -= 1
+                raise RuntimeError("(sqlite3.OperationalError) database is locked")
+            return run
+
+    client = LateLockClient(tracking_uri(cfg))
+    folder = str(tmp_path / "runs" / "x")
+    tags = {"mlflow.runName": "m/x", "run_dir": folder}
+    run_id = _create_run_once(client, experiment_id, tags, folder)
+    runs = client.search_runs([experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]

@@ -181,6 +181,54 @@ def _changed_run(tmp: Path, config: Path, change: dict) -> dict[str, int]:
     return job_counts(proc.stdout + proc.stderr)
 
 
+def _check_benchmark_in_mlflow_and_chromium(tmp_path: Path, cfg: dict) -> None:
+    """The workflow's own store: one parent run, the grid as its children (named by method),
+    their params, metrics, models, data set and artifacts; then the UI in headless Chromium."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+    from test_mlflow_benchmark import MlflowServer, chromium, page_dom, visible_text
+
+    from subspace_fsl.benchmark_tracking import view_url
+
+    uri = f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("tiny")
+    marker = json.loads(paths.tracking_marker(cfg).read_text())
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    parent = client.get_run(marker["parent_run_id"])
+    children = {f"{method}/{name}" for method, name in RUN_NAMES}
+    assert set(runs) == children | {parent.info.run_name}
+    assert parent.data.params["grid.lambda2"] == "[0, 0.1]"
+    models = {m.source_run_id for m in client.search_logged_models([experiment.experiment_id])}
+    for name in children:
+        run = runs[name]
+        method, folder = name.split("/")
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        assert not any(k.startswith(("grid.", "runtime.")) for k in run.data.params)
+        assert run.data.params["split.n_novel"] == "3"
+        novel = json.loads((paths.eval_dir(cfg, method, "novel", folder) / "summary.json")
+                           .read_text())
+        assert run.data.metrics["novel_acc"] == pytest.approx(novel["mean"])
+        assert "val_eval_acc" in run.data.metrics and run.info.run_id in models
+        assert run.inputs.dataset_inputs[0].dataset.name == "tiny"
+        top = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"train.log", "data", "eval"} <= top
+    parent_files = {a.path for folder in ("tables", "plots")
+                    for a in client.list_artifacts(parent.info.run_id, folder)}
+    assert {"tables/main.csv", "tables/main.md", "tables/paired.csv",
+            "plots/training_curves.png"} <= parent_files
+    assert any(k.startswith("main/multisubspace/") for k in parent.data.metrics)
+
+    browser = chromium()
+    with MlflowServer(uri) as server:
+        text = visible_text(page_dom(browser, view_url(experiment.experiment_id, server.base)))
+    for name in children:
+        assert name in text
+        assert f"{runs[name].data.metrics['novel_acc']:.4g}"[:4] in text
+
+
 @pytest.mark.slow
 def test_end_to_end_tiny_grid(tmp_path):
     from mlflow.tracking import MlflowClient
@@ -232,14 +280,15 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert (explained["episodes"] == cfg["explain"]["episodes"]).all()
     assert (explain_dir(cfg) / "examples_w3_k1.png").stat().st_size > 5000
 
-    # MLflow: one experiment for the data set, one run per grid cell
+    # MLflow: one experiment for the data set, the benchmark's parent run, one child run per
+    # grid cell (named method/run) with what it ran and what it scored; then the UI itself
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tiny")
     assert experiment is not None
-    runs = client.search_runs([experiment.experiment_id])
-    assert {(r.data.tags["run_dir"].split("/")[-2], r.info.run_name) for r in runs} == RUN_NAMES
-    for run in runs:
-        assert any("novel" in key for key in run.data.metrics), run.data.metrics
+    runs = client.search_runs([experiment.experiment_id], "tags.run_dir != ''")
+    assert {(r.data.tags["run_dir"].split("/")[-2], r.info.run_name.split("/")[1])
+            for r in runs} == RUN_NAMES
+    _check_benchmark_in_mlflow_and_chromium(tmp_path, cfg)
 
     # the self-contained HTML report
     html = tmp_path / "report.html"
@@ -267,18 +316,19 @@ def test_end_to_end_tiny_grid(tmp_path):
     # a changed setting re-runs exactly the jobs that read it (and what is made from them)
     assert _changed_run(tmp_path, config, {"runtime": {"progress": "log", "device": "auto"},
                                            "tracking": {"enabled": False}}) == {}
+    # (the benchmark's MLflow parent run is per configuration: init_tracking re-runs, and
+    # re-trains nothing, through the train rule's ancient input)
+    report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "all": 1}
     assert _changed_run(tmp_path, config, {"grid": {"lambda2": [0, 0.1, 0.3]}}) == {
-        "train": 1, "evaluate": 2, "select": 1, "tables": 1, "plots": 1, "all": 1}
+        "init_tracking": 1, "train": 1, "evaluate": 2, **report_jobs}
     assert _changed_run(tmp_path, config, {"split": {"seed": 1}}) == {
-        "split": 1, "train": 3, "evaluate": 6, "select": 1, "tables": 1, "plots": 1, "all": 1}
+        "split": 1, "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
     assert _changed_run(tmp_path, config, {"train": {"lr": 0.01}}) == {
-        "train": 3, "evaluate": 6, "select": 1, "tables": 1, "plots": 1, "all": 1}
+        "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
 
     # deleting one model re-runs exactly what depends on it
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))
     dry = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
-    assert job_counts(dry.stdout + dry.stderr) == {
-        "train": 1, "evaluate": 2, "select": 1, "tables": 1, "plots": 1, "explain": 1,
-        "all": 1}
+    assert job_counts(dry.stdout + dry.stderr) == {"train": 1, "evaluate": 2, **report_jobs}
     assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)

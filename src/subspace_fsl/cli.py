@@ -147,7 +147,9 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         description="Print and write (CSV) each image's predicted class, its distance to every "
                     "support class and each feature subspace's share of that distance.")
     _config_arguments(parser)
-    parser.add_argument("--checkpoint", required=True, metavar="PT", help="e.g. RUN_DIR/best.pt")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--checkpoint", metavar="PT", help="e.g. RUN_DIR/best.pt")
+    which.add_argument("--model", metavar="URI", help="an MLflow model, e.g. runs:/<run id>/model")
     parser.add_argument("--support", required=True, metavar="DIR",
                         help="folder with one subfolder of labelled images per class")
     parser.add_argument("--images", required=True, nargs="+", metavar="PATH",

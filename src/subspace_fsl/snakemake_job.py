@@ -5,12 +5,14 @@ job re-runs when its params change (Snakemake's ``params`` rerun trigger compare
 ``repr``), so every rule gets exactly the settings its stage reads, with keys sorted (a
 reordered config file changes nothing):
 
-- the data stages (``synthesise``, ``prepare``, ``split``, ``init_tracking``):
+- the data stages (``synthesise``, ``prepare``, ``split``):
   :data:`STAGE_SECTIONS`, e.g. ``split`` re-runs on a changed ``split.seed``, ``prepare`` does not;
 - ``train`` and ``evaluate``: the run's own settings (:func:`subspace_fsl.grid.run_settings`:
   no ``grid`` section, so adding a grid value leaves the existing runs alone);
-- ``select``, ``tables``, ``plots``: every result setting
-  (:func:`subspace_fsl.grid.result_settings`);
+- ``init_tracking``, ``select``, ``tables``, ``plots``, ``explain``: every result setting
+  (:func:`subspace_fsl.grid.result_settings`; ``init_tracking`` makes the benchmark's MLflow
+  parent run of exactly this grid, which the training jobs read through an ``ancient`` input,
+  so a new parent re-trains nothing);
 - every rule: the ``runtime`` and ``tracking`` sections with the job's ``threads`` filled in, as
   a function of ``threads``: Snakemake treats such a param as derived and leaves it out of the
   rerun trigger, so moving a run to another device or tracking server re-runs nothing.
@@ -52,7 +54,6 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "synthesise": ("data_dir", "dataset"),
     "prepare": ("results_dir", "data_dir", "dataset"),
     "split": ("results_dir", "data_dir", "dataset", "split"),
-    "init_tracking": ("results_dir", "dataset"),
 }
 
 # --- rule side -------------------------------------------------------------------------------

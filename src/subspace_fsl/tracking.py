@@ -11,7 +11,16 @@ server is needed; on a cluster point ``tracking.uri`` (or ``MLFLOW_TRACKING_URI`
 - each run logs through its own ``MlflowClient`` with explicit run ids (no global active run).
 
 The id of a run lives in ``{run_dir}/mlflow_run.json``; a resumed training run and its later
-evaluations log into that same run. ``tracking.enabled: false`` gives a ``NullTracker``.
+evaluations log into that same run. The store is the source of truth, though: every run carries
+its folder as the ``run_dir`` tag and ``open_run`` looks it up there (under the store lock)
+before creating one, so a lost or stale record never makes a second run for one folder.
+
+Each training run is the child (``mlflow.parentRunId``) of its benchmark's parent run, which
+``init-tracking`` creates and records in ``tracking/{d}.json`` (``subspace_fsl.benchmark``);
+children are named ``{method}/{run}``. What a run logs (params, tags, the data set, the model,
+system metrics, the train log) is built here (``run_params``, ``log_training_start``,
+``log_training_end``, ``log_evaluation``) so the engine calls one function per stage.
+``tracking.enabled: false`` gives a ``NullTracker``.
 """
 
 from __future__ import annotations
@@ -36,6 +45,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RUN_FILE = "mlflow_run.json"
+TRAIN_LOG = "train.log"
+SYSTEM_METRICS_INTERVAL_S = 5.0
+#: tags that tie runs together: a child's folder, its method, and the benchmark it belongs to
+RUN_DIR_TAG, METHOD_TAG, BENCHMARK_TAG, KIND_TAG = (
+    "run_dir", "method", "subspace_fsl.benchmark", "subspace_fsl.kind")
+PARENT_TAG = "mlflow.parentRunId"
 RETRY_SECONDS = 120.0  # give up on a locked store after this long
 _TRANSIENT_WORDS = ("locked", "busy", "temporarily unavailable", "unable to open database")
 
@@ -150,6 +165,26 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def global_store(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for APIs that have no client argument
+    (model logging and loading), then put back exactly: ``mlflow.set_tracking_uri`` also
+    writes ``MLFLOW_TRACKING_URI``, which would otherwise redirect every later run."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    old_global, old_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old_global)  # None unsets the variable ...
+        if old_env is not None:  # ... which the caller may have set
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+        else:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 def _client(uri: str) -> Any:
     from mlflow import MlflowClient
 
@@ -190,23 +225,6 @@ def ensure_store(cfg: Mapping[str, Any]) -> str | None:
     with _store_lock(uri):
         client = _client(uri)
         return _get_or_create_experiment(client, experiment_name(cfg), uri)
-
-
-def write_marker(cfg: Mapping[str, Any], out: str | os.PathLike[str] | None = None
-                 ) -> dict[str, Any]:
-    """:func:`ensure_store`, then record what it set up in ``out`` (default
-    ``paths.tracking_marker(cfg)``): the file every training job waits for."""
-    from subspace_fsl import paths
-
-    check_store(cfg)
-    experiment_id = ensure_store(cfg)
-    record = {"enabled": cfg["tracking"]["enabled"], "experiment_id": experiment_id,
-              "experiment": experiment_name(cfg) if experiment_id else None,
-              "uri": tracking_uri(cfg) if experiment_id else None}
-    path = Path(out or paths.tracking_marker(cfg))
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
-    log.info("%s: %s", path, json.dumps(record))
-    return record
 
 
 # --- what a run records ----------------------------------------------------------------------
@@ -274,14 +292,25 @@ class NullTracker:
     def finish(self, status: str = "FINISHED") -> None:
         pass
 
+    def reopen(self) -> None:
+        pass
+
 
 class RunTracker(NullTracker):
-    """One MLflow run, addressed by id, logged through its own client with retries."""
+    """One MLflow run, addressed by id, logged through its own client with retries.
+
+    While training (``log_training_start`` .. ``finish``) it also samples system metrics
+    (MLflow's psutil monitor, ``tracking.system_metrics``) and copies the package's log lines
+    into ``{run_dir}/train.log``, which ``finish`` attaches to the run whatever the status."""
 
     def __init__(self, uri: str, run_id: str) -> None:
         self.uri = uri
         self.run_id = run_id
         self.client = _client(uri)
+        self._monitor: Any = None
+        self._log_handler: logging.Handler | None = None
+        self._log_file: Path | None = None
+        self._root_level = logging.NOTSET
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log settings; on a resumed run only the new ones (MLflow params are immutable)."""
@@ -315,47 +344,181 @@ class RunTracker(NullTracker):
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         with_retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
 
+    def start_system_metrics(self) -> None:
+        """MLflow's psutil sampler (CPU, memory, disk, network, GPU when present) as
+        ``system/*`` metrics of this run, continuing the step count of a resumed run."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        if self._monitor is None:
+            self._monitor = SystemMetricsMonitor(
+                self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=True,
+                tracking_uri=self.uri,
+            )
+            self._monitor.start()
+
+    def capture_log(self, path: str | os.PathLike[str]) -> None:
+        """Copy this process's log lines into ``path`` (appended: a resumed run continues it)."""
+        if self._log_handler is not None:
+            return
+        self._log_file = Path(path)
+        self._log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(self._log_file, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setLevel(logging.INFO)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        self._root_level = root.level
+        if root.level > logging.INFO:  # INFO lines reach the file even if nobody set logging up
+            root.setLevel(logging.INFO)
+        self._log_handler = handler
+
+    def _stop_extras(self) -> None:
+        if self._monitor is not None:
+            monitor, self._monitor = self._monitor, None
+            try:
+                monitor.finish()
+                # one reading at the end of every session, so a session shorter than the
+                # sampling interval has its system metrics too
+                monitor.collect_metrics()
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
+            except Exception:  # the sampler is a nicety; never fail a run over it
+                log.warning("could not stop MLflow's system-metrics sampler", exc_info=True)
+        if self._log_handler is not None:
+            log.info("MLflow run %s ends", self.run_id)
+            handler, self._log_handler = self._log_handler, None
+            logging.getLogger().removeHandler(handler)
+            logging.getLogger().setLevel(self._root_level)
+            handler.close()
+            if self._log_file is not None and self._log_file.is_file():
+                with_retry(self.client.log_artifact, self.run_id, str(self._log_file))
+
     def finish(self, status: str = "FINISHED") -> None:
-        with_retry(self.client.set_terminated, self.run_id, status)
+        """End the run (FINISHED, FAILED or KILLED, with an end time); a failed run keeps its
+        log and system metrics up to the failure."""
+        try:
+            self._stop_extras()
+        finally:
+            with_retry(self.client.set_terminated, self.run_id, status)
 
     def reopen(self) -> None:
         """Mark a resumed run as running again."""
         with_retry(self.client.update_run, self.run_id, "RUNNING")
 
 
+def run_method(cfg: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> str:
+    """The method a run folder trains: its parent folder's name inside the workflow's layout
+    (``runs/{d}/{method}/{run}``; baselines share heads, so only the folder tells them apart),
+    else ``model.head``."""
+    from subspace_fsl import paths
+
+    folder = Path(run_dir).resolve()
+    if folder.parent.parent == paths.runs_root(cfg).resolve():
+        return folder.parent.name
+    return str(cfg["model"]["head"])
+
+
+def benchmark_record(cfg: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``tracking/{d}.json`` marker ``init-tracking`` wrote, if it is for this store."""
+    from subspace_fsl import paths
+
+    marker = paths.tracking_marker(cfg)
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    if not record.get("enabled") or record.get("uri") != tracking_uri(cfg):
+        return None
+    return record
+
+
+def _find_run_of_folder(client: Any, experiment_id: str, folder: str) -> Any | None:
+    """The oldest live run tagged with this folder (older stores may hold duplicates)."""
+    if "'" in folder:  # not expressible in a filter string; fall back to the record file
+        return None
+    found = with_retry(
+        client.search_runs, [experiment_id], filter_string=f"tags.{RUN_DIR_TAG} = '{folder}'",
+        order_by=["attributes.start_time ASC"], max_results=5,
+    )
+    return found[0] if found else None
+
+
+def _create_run_once(
+    client: Any, experiment_id: str, tags: Mapping[str, str], folder: str
+) -> str:
+    """``create_run``, retried while the store is busy, but never twice: a create that failed
+    after the store had done it (a locked commit reported late, a server reply lost) would
+    otherwise leave a second run of the folder; each retry first looks the folder's run up."""
+    delay, deadline = 0.05, time.monotonic() + RETRY_SECONDS
+    while True:
+        try:
+            return client.create_run(
+                experiment_id, tags=dict(tags), run_name=tags["mlflow.runName"]).info.run_id
+        except Exception as exc:
+            if not _is_transient(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+            found = _find_run_of_folder(client, experiment_id, folder)
+            if found is not None:
+                return found.info.run_id
+
+
 def open_run(
     cfg: Mapping[str, Any], run_dir: str | os.PathLike[str], tags: Mapping[str, Any] | None = None
 ) -> NullTracker:
-    """The MLflow run of ``run_dir``: the one recorded in ``{run_dir}/mlflow_run.json`` when the
-    store still has it, else a new run (recorded there). A ``NullTracker`` when disabled."""
+    """The MLflow run of ``run_dir``, named ``{method}/{folder}`` and a child of the
+    benchmark's parent run (when ``init-tracking`` made one). A ``NullTracker`` when disabled.
+
+    The run is found by ``{run_dir}/mlflow_run.json`` or, failing that (the file lost, written
+    for another store, or never written because the job died right after creating the run),
+    by the ``run_dir`` tag in the store; only then is one created, under the store lock, so a
+    restarted folder never gets a second run."""
     if not cfg["tracking"]["enabled"]:
         return NullTracker()
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(cfg)
     experiment_id = ensure_store(cfg)
+    folder = Path(run_dir).resolve()
     record_path = Path(run_dir) / RUN_FILE
     client = _client(uri)
+    method = run_method(cfg, folder)
+    benchmark = benchmark_record(cfg)
+    identity = {"mlflow.runName": f"{method}/{folder.name}", RUN_DIR_TAG: str(folder),
+                METHOD_TAG: method, KIND_TAG: "training"}
+    if benchmark and benchmark.get("parent_run_id"):
+        identity[PARENT_TAG] = benchmark["parent_run_id"]
+        identity[BENCHMARK_TAG] = benchmark.get("benchmark")
+    run_tags = {**identity, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
+
+    run_id = None
     if record_path.is_file():
         record = json.loads(record_path.read_text())
         if record.get("uri") == uri:
             try:
                 run = with_retry(client.get_run, record["run_id"])
                 if run.info.lifecycle_stage == "active":
-                    tracker = RunTracker(uri, record["run_id"])
-                    if tags:
-                        tracker.set_tags(tags)
-                    return tracker
+                    run_id = run.info.run_id
             except MlflowException:
                 log.warning(
-                    "MLflow run %s is gone from %s; starting a new one", record["run_id"], uri
+                    "MLflow run %s is gone from %s; looking for the folder's run", record["run_id"],
+                    uri,
                 )
-    run_tags = {"mlflow.runName": Path(run_dir).name, "run_dir": str(Path(run_dir).resolve())}
-    run_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
-    run = with_retry(client.create_run, experiment_id, tags=run_tags, run_name=Path(run_dir).name)
-    record = {"uri": uri, "experiment_id": experiment_id, "run_id": run.info.run_id}
-    atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
-    return RunTracker(uri, run.info.run_id)
+    if run_id is None:
+        with _store_lock(uri):
+            found = _find_run_of_folder(client, experiment_id, str(folder))
+            if found is not None:
+                run_id = found.info.run_id
+            else:
+                run_id = _create_run_once(client, experiment_id, run_tags, str(folder))
+            record = {"uri": uri, "experiment_id": experiment_id, "run_id": run_id}
+            atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
+    tracker = RunTracker(uri, run_id)
+    tracker.set_tags(run_tags)  # a reused run gets today's name and parent
+    return tracker
 
 
 def recorded_run_id(run_dir: str | os.PathLike[str]) -> str | None:
@@ -364,3 +527,125 @@ def recorded_run_id(run_dir: str | os.PathLike[str]) -> str | None:
     if not record_path.is_file():
         return None
     return json.loads(record_path.read_text()).get("run_id")
+
+
+# --- what a training run logs ----------------------------------------------------------------
+
+#: the sections a run's result depends on: its params (grid, runtime and tracking are not)
+PARAM_SECTIONS = ("dataset", "split", "model", "train", "eval")
+TAG_SECTIONS = ("runtime", "tracking")
+#: dataset settings a source does not read (the generator's on a real data set, the CUB
+#: archive's on the others): not params of its runs
+SOURCE_ONLY_KEYS = {
+    "cub": ("synthetic",),
+    "folder": ("synthetic", "url", "md5", "size_bytes"),
+    "synthetic": ("url", "md5", "size_bytes"),
+}
+
+
+def run_params(cfg: Mapping[str, Any], split: Mapping[str, Any] | None = None) -> dict[str, str]:
+    """What ran: the run's own resolved ``dataset``/``split``/``model``/``train``/``eval``
+    settings (``dataset.synthetic.*`` only for a synthetic source), plus the class counts of
+    the split file (``split.n_base``, ``split.n_val``, ``split.n_novel``)."""
+    sections = {k: dict(cfg[k]) for k in PARAM_SECTIONS if k in cfg}
+    dataset = sections.get("dataset", {})
+    for key in SOURCE_ONLY_KEYS.get(str(dataset.get("source")), ()):
+        dataset.pop(key, None)
+    params = flatten(sections)
+    for part in ("base", "val", "novel"):
+        if split is not None and part in split:
+            params[f"split.n_{part}"] = str(len(split[part]))
+    return params
+
+
+def runtime_tags(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """Where and how it ran (``runtime.*``, ``tracking.*``): tags, since they may change
+    between a run and its resumption without changing the result."""
+    return flatten({k: cfg[k] for k in TAG_SECTIONS if k in cfg})
+
+
+def log_dataset(tracker: NullTracker, cfg: Mapping[str, Any], data: Any, context: str) -> None:
+    """The image cache as an MLflow dataset input (Datasets column and tab): name = the data
+    set, digest = the cache stamp (its first 32 hex digits; MLflow keeps at most 36 characters,
+    the whole stamp is in the profile), source = the cache folder."""
+    if not isinstance(tracker, RunTracker):
+        return
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    cache = data.cache
+    root = Path(cache.directory).resolve()
+    profile = {"stamp": data.stamp, "images": len(data.labels),
+               "classes": len(cache.class_names),
+               **{f"{p}_classes": len(data.split.get(p, [])) for p in ("base", "val", "novel")}}
+    dataset = Dataset(
+        name=str(cfg["dataset"]["name"]), digest=data.stamp[:32], source_type="local",
+        source=json.dumps({"uri": root.as_uri()}), schema=None, profile=json.dumps(profile),
+    )
+    with_retry(tracker.client.log_inputs, tracker.run_id,
+               datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+
+
+def log_training_start(
+    tracker: NullTracker, cfg: Mapping[str, Any], data: Any, run_dir: str | os.PathLike[str]
+) -> None:
+    """At the start of a training session: params (:func:`run_params`), runtime tags, the
+    data set input and the split file; starts the system-metrics sampler
+    (``tracking.system_metrics``) and the ``train.log`` copy that ``finish`` attaches."""
+    if not isinstance(tracker, RunTracker):
+        return
+    tracker.capture_log(Path(run_dir) / TRAIN_LOG)
+    tracker.log_params(run_params(cfg, data.split))
+    tracker.set_tags(runtime_tags(cfg))
+    log_dataset(tracker, cfg, data, "training")
+    split_file = getattr(data, "split_file", None)
+    if split_file is not None and Path(split_file).is_file():
+        tracker.log_artifact(split_file, "data")
+    if cfg["tracking"]["system_metrics"]:
+        tracker.start_system_metrics()
+
+
+def log_training_end(
+    tracker: NullTracker, cfg: Mapping[str, Any], run_dir: str | os.PathLike[str]
+) -> None:
+    """After training: ``best.pt`` as an MLflow pyfunc model (``model``; see
+    :mod:`subspace_fsl.mlflow_model`), shown in the run's and the experiment's Models tab."""
+    if not isinstance(tracker, RunTracker):
+        return
+    from subspace_fsl.mlflow_model import log_model
+
+    log_model(tracker, cfg, Path(run_dir) / "best.pt")
+
+
+def episodes_digest(episodes: Any) -> str:
+    """The evaluation episodes' digest (:func:`subspace_fsl.data.episodes.plan_digest`:
+    sha256 of every episode's classes, support and query indices); equal digests mean the
+    runs were scored on identical episodes."""
+    from subspace_fsl.data.episodes import plan_digest
+
+    return plan_digest(episodes)
+
+
+#: evaluation metric names: training's validation checks already own ``val_acc`` (a history
+#: over episodes), so the evaluation on the validation split is ``val_eval_*``
+EVAL_PREFIX = {"novel": "novel", "val": "val_eval", "base": "base_eval"}
+
+
+def log_evaluation(
+    cfg: Mapping[str, Any], run_dir: str | os.PathLike[str], summary: Mapping[str, Any],
+    out_dir: str | os.PathLike[str], digest: str,
+) -> None:
+    """An evaluation into its training run: ``novel_acc``/``novel_ci95``/``novel_std`` (or
+    ``val_eval_*``) at the checkpoint's episode, the episodes' digest as the tag
+    ``{split}_episodes_digest``, and its files under ``eval/{split}``."""
+    split = summary["split"]
+    tracker = open_run(cfg, run_dir)
+    prefix = EVAL_PREFIX.get(split, f"{split}_eval")
+    tracker.log_metrics(
+        {f"{prefix}_acc": summary["mean"], f"{prefix}_ci95": summary["ci95"],
+         f"{prefix}_std": summary["std"]},
+        step=int(summary.get("checkpoint_episode") or 0),
+    )
+    tracker.set_tags({f"{split}_episodes_digest": digest, f"{split}_episodes": summary["episodes"]})
+    for name in ("summary.json", "episodes.csv", "config.yaml"):
+        if (Path(out_dir) / name).is_file():
+            tracker.log_artifact(Path(out_dir) / name, f"eval/{split}")

@@ -25,10 +25,11 @@ def run_split(args: argparse.Namespace) -> int:
 
 
 def run_init_tracking(args: argparse.Namespace) -> int:
-    """``tracking.write_marker`` once, before the training jobs fan out."""
-    from subspace_fsl import tracking
+    """``benchmark_tracking.write_marker``: the MLflow store, experiment and the benchmark's
+    parent run, once, before the training jobs fan out."""
+    from subspace_fsl.benchmark_tracking import write_marker
 
-    print(json.dumps(tracking.write_marker(_cfg(args), args.out)))
+    print(json.dumps(write_marker(_cfg(args), args.out)))
     return 0
 
 
@@ -42,17 +43,17 @@ def run_select(args: argparse.Namespace) -> int:
 
 
 def run_tables(args: argparse.Namespace) -> int:
-    from subspace_fsl.report import write_tables
+    from subspace_fsl.benchmark_tracking import publish_tables
 
-    for path in write_tables(_cfg(args)):
+    for path in publish_tables(_cfg(args)):  # written, and logged into the parent run
         print(path)
     return 0
 
 
 def run_plots(args: argparse.Namespace) -> int:
-    from subspace_fsl.report import write_plots
+    from subspace_fsl.benchmark_tracking import publish_plots
 
-    for path in write_plots(_cfg(args)):
+    for path in publish_plots(_cfg(args)):  # written, and logged into the parent run
         print(path)
     return 0
 

@@ -75,9 +75,9 @@ rule init_tracking:
     resources:
         mem_mb=1000,
     params:
-        settings=stage_settings("init_tracking"),
+        settings=GRID_SETTINGS,
         runtime=runtime_settings,
     message:
-        f"set up the MLflow store and experiment of {DATASET}"
+        f"set up the MLflow store, experiment and benchmark run of {DATASET}"
     script:
         "../scripts/init_tracking.py"

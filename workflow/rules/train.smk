@@ -5,7 +5,9 @@ rule train:
     input:
         cache=paths.cache_dir(config),
         split=paths.split_path(config),
-        tracking=paths.tracking_marker(config),
+        # read when a job starts (the parent run's id); ancient: a new parent for a changed
+        # grid must not re-train the runs it keeps
+        tracking=ancient(paths.tracking_marker(config)),
     output:
         best=RUN_DIR / "best.pt",
         history=RUN_DIR / "history.csv",

@@ -1,6 +1,7 @@
-"""Rule plots: every results plot as PNG and PDF (report.write_plots)."""
-from subspace_fsl.report import write_plots
+"""Rule plots: every results plot as PNG and PDF, logged into the benchmark's MLflow parent
+run (benchmark_tracking.publish_plots)."""
+from subspace_fsl.benchmark_tracking import publish_plots
 from subspace_fsl.snakemake_job import job
 
 with job(snakemake) as cfg:
-    write_plots(cfg)
+    publish_plots(cfg)

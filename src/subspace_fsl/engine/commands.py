@@ -59,11 +59,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from subspace_fsl.engine.predict import format_predictions, predict
+    from subspace_fsl.engine.predict import format_predictions, predict, resolve_checkpoint
 
     setup_logging()
     cfg = load_config(args.config, args.overrides)
-    table = predict(args.checkpoint, args.support, args.images, cfg, args.explain)
+    checkpoint = resolve_checkpoint(args.checkpoint, getattr(args, "model", None), cfg)
+    table = predict(checkpoint, args.support, args.images, cfg, args.explain)
     out = Path(args.out)
     atomic_write_text(out, table.to_csv(index=False))
     save_config(cfg, out.with_name(f"{out.stem}.config.yaml"))

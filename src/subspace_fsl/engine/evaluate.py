@@ -297,6 +297,7 @@ def evaluate(
         "checkpoint_episode": state.get("episode"),
         "data_stamp": data.stamp,
         "provenance": evaluation_record(cfg, checkpoint, split_name, data.split_file),
+        "episodes_digest": tracking.episodes_digest(plan),
     }
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(
@@ -306,18 +307,9 @@ def evaluate(
     save_config(cfg, out / "config.yaml")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
 
-    run_dir = Path(checkpoint).resolve().parent
-    tracker = tracking.open_run(cfg, run_dir)
-    tracker.log_metrics(
-        {
-            f"eval_{split_name}_acc": summary["mean"],
-            f"eval_{split_name}_ci95": summary["ci95"],
-            f"eval_{split_name}_std": summary["std"],
-        },
-        step=int(state.get("episode") or 0),
-    )
-    for name in ("summary.json", "episodes.csv", "config.yaml"):
-        tracker.log_artifact(out / name, f"eval/{split_name}")
+    # novel_acc / novel_ci95 (val_eval_* on val) and the episodes' digest into the training run
+    tracking.log_evaluation(cfg, Path(checkpoint).resolve().parent, summary, out,
+                            summary["episodes_digest"])
     log.info(
         "%s accuracy %.2f%% +- %.2f%% over %d episodes",
         split_name,

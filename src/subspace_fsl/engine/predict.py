@@ -123,6 +123,27 @@ def explain_files(
     return written
 
 
+def resolve_checkpoint(
+    checkpoint: str | os.PathLike[str] | None, model_uri: str | None, cfg: Mapping[str, Any]
+) -> Path:
+    """``--checkpoint`` as given, or the checkpoint inside the MLflow model ``--model``
+    (``runs:/<run id>/model``; the store is the settings' tracking URI)."""
+    if model_uri is None:
+        return Path(checkpoint)  # type: ignore[arg-type]
+    from mlflow.exceptions import MlflowException
+
+    from subspace_fsl.config import ConfigError
+    from subspace_fsl.mlflow_model import checkpoint_of
+    from subspace_fsl.tracking import tracking_uri
+
+    uri = tracking_uri(cfg)
+    try:
+        return checkpoint_of(model_uri, uri)
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--model {model_uri}: not found in {uri} ({first})") from None
+
+
 def predict(
     checkpoint: str | os.PathLike[str],
     support_dir: str | os.PathLike[str],

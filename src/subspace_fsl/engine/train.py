@@ -617,20 +617,23 @@ class TrainingRun:
         )
         if isinstance(self.tracker, tracking.RunTracker):
             self.tracker.reopen()
-            self.tracker.log_params(tracking.flatten(cfg))
+            tracking.log_training_start(self.tracker, cfg, self.data, self.out)  # params, data
             self.tracker.log_artifact(self.out / "config.yaml")
 
     def track(self, metrics: Mapping[str, float], step: int) -> None:
         self.tracker.log_metrics(metrics, step=step)
 
     def track_outputs(self, summary: Mapping[str, Any]) -> None:
-        """The final metrics and the output files."""
+        """The final metrics, the output files and the best model."""
+        from subspace_fsl import tracking
+
         self.track(
             {"best_val_acc": summary["best_val_acc"], "episodes_per_s": self.progress.rate()},
             self.state["episode"],
         )
         for name in (BEST, HISTORY, SUMMARY):
             self.tracker.log_artifact(self.out / name)
+        tracking.log_training_end(self.tracker, self.cfg, self.out)  # best.pt as an MLflow model
 
     def end_tracking(self, status: str) -> None:
         """FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED; a resumed run sets RUNNING again."""
