@@ -122,3 +122,40 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_a_rerun_resumes(tmp_path: Path) -> N
     assert summary["episodes"] == max_episodes and (run / "done").is_file()
     assert recorded_run_id(run) == run_id
     assert client.get_run(run_id).info.status == "FINISHED"
+
+
+def test_changed_settings_are_refused_by_the_cli_and_restart_the_workflows_run(
+    tmp_path: Path,
+) -> None:
+    """A run folder holds one run: other settings are refused (CLI), or, in the workflow
+    (whose train job re-runs because its params changed), start the folder afresh with a new
+    MLflow run, the old one kept and marked superseded."""
+    from subspace_fsl.engine.train import SettingsChanged
+    from subspace_fsl.tracking import SUPERSEDED_TAG
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(settings(tmp_path, 4, tracking=True)))
+    cfg = load_config(config)
+    run = tmp_path / "run"
+    train(cfg, run)
+    first_id = recorded_run_id(run)
+    changed = load_config(config, ["train.lr=0.01"])
+    with pytest.raises(SettingsChanged, match=r"train\.lr: 0\.001 -> 0\.01"):
+        train(changed, run)
+    assert recorded_run_id(run) == first_id  # refused: nothing touched
+
+    summary = train(changed, run, restart_changed=True)
+    assert summary["episodes"] == 4
+    assert load_config(run / "config.yaml")["train"]["lr"] == 0.01
+    assert load_checkpoint(run / "best.pt")["config"]["train"]["lr"] == 0.01
+    second_id = recorded_run_id(run)
+    assert second_id != first_id
+    client = MlflowClient(tracking_uri(cfg))
+    old, new = client.get_run(first_id), client.get_run(second_id)
+    assert "train.lr: 0.001 -> 0.01" in old.data.tags[SUPERSEDED_TAG]
+    assert old.data.tags["run_dir"] != str(run.resolve())
+    assert new.data.tags["run_dir"] == str(run.resolve()) and new.info.status == "FINISHED"
+    assert new.data.params["train.lr"] == "0.01"
+    # a third train call is a no-op on the new run
+    assert train(changed, run, restart_changed=True) == summary
+    assert recorded_run_id(run) == second_id

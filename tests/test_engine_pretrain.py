@@ -110,3 +110,36 @@ def test_a_batch_larger_than_the_base_classes_is_refused_naming_the_key(tmp_path
     prepare(config)
     with pytest.raises(ValueError, match=r"pretrain\.batch_size=1000 exceeds the 48"):
         pt.pretrain(config, tmp_path / "pre")
+
+
+def test_the_workflow_restarts_a_pretraining_whose_settings_changed(cfg: dict, tmp_path: Path):
+    out = tmp_path / "pre"
+    pt.pretrain(cfg, out)
+    changed = {**cfg, "pretrain": {**cfg["pretrain"], "max_steps": 4}}
+    summary = pt.pretrain(changed, out, restart_changed=True)
+    assert summary["steps"] == 4
+    assert load_checkpoint(out / "backbone.pt")["config"]["pretrain"]["max_steps"] == 4
+
+
+def test_a_training_run_starts_from_the_pretrained_backbone(cfg: dict, tmp_path: Path):
+    from subspace_fsl import paths
+    from subspace_fsl.engine.train import TrainingRun
+
+    pt.pretrain(cfg, paths.pretrain_dir(cfg))
+    weights = load_checkpoint(paths.pretrained_backbone(cfg))["backbone"]
+    run_cfg = validate({**cfg, "train": {**cfg["train"], "init": "pretrained", "way": 2,
+                                         "shot": 2, "query": 2, "val_episodes": 2}})
+    run = TrainingRun(run_cfg, tmp_path / "run")
+    run.setup()
+    for key, value in run.model.backbone.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    # and from scratch, the same seed gives other weights
+    scratch = TrainingRun({**run_cfg, "train": {**run_cfg["train"], "init": "scratch"}},
+                          tmp_path / "scratch")
+    scratch.setup()
+    assert not all(torch.equal(v, weights[k])
+                   for k, v in scratch.model.backbone.state_dict().items())
+    # weights made from other pre-training settings are refused, naming the setting
+    other = {**run_cfg, "pretrain": {**run_cfg["pretrain"], "lr": 0.01}}
+    with pytest.raises(ValueError, match=r"pretrain\.lr: 0\.001 -> 0\.01"):
+        TrainingRun(other, tmp_path / "other").setup()

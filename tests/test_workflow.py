@@ -16,6 +16,7 @@ import tomllib
 import yaml
 
 from subspace_fsl import paths, report
+from subspace_fsl.engine.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
@@ -240,6 +241,16 @@ def test_end_to_end_tiny_grid(tmp_path):
     proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["train"] == 3 and counts["evaluate"] == 6 and counts["init_tracking"] == 1
+    assert counts["pretrain"] == 1  # one pre-training shared by the three runs
+
+    # the pre-trained backbone, and every run started from it
+    pretrained = load_checkpoint(paths.pretrained_backbone(cfg))
+    assert pretrained["config"]["pretrain"] == cfg["pretrain"]
+    for method, name in RUN_NAMES:
+        ran = yaml.safe_load((paths.run_dir(cfg, method, name) / "config.yaml").read_text())
+        assert ran["train"]["init"] == "pretrained"
+        log_text = (paths.logs_dir(cfg) / "train" / method / f"{name}.log").read_text()
+        assert f"backbone initialised from {paths.pretrained_backbone(cfg)}" in log_text
 
     # every table, in every format, with its rows
     tables = paths.tables_dir(cfg)
@@ -322,9 +333,11 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert _changed_run(tmp_path, config, {"grid": {"lambda2": [0, 0.1, 0.3]}}) == {
         "init_tracking": 1, "train": 1, "evaluate": 2, **report_jobs}
     assert _changed_run(tmp_path, config, {"split": {"seed": 1}}) == {
-        "split": 1, "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
+        "split": 1, "pretrain": 1, "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
     assert _changed_run(tmp_path, config, {"train": {"lr": 0.01}}) == {
         "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
+    assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
+        "pretrain": 1, "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
 
     # deleting one model re-runs exactly what depends on it
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))

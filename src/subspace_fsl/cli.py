@@ -120,6 +120,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_train)
 
 
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    from subspace_fsl.engine.commands import run_pretrain
+
+    parser = sub.add_parser(
+        "pretrain", help="pre-train the backbone on the base classes (once per data set and "
+                         "backbone; for train.init=pretrained)",
+        description="Batch classification of the base classes with early stopping on "
+                    "validation episodes (ProtoNet on the features); resumes; writes "
+                    "config.yaml, checkpoint.pt, backbone.pt, history.csv, "
+                    "pretrain_summary.json and done into --out.")
+    _config_arguments(parser)
+    parser.add_argument("--out", "-o", metavar="DIR",
+                        help="default {results_dir}/pretrain/{dataset}/{backbone}")
+    parser.add_argument("--split-file", metavar="JSON", help="class split file (as for train)")
+    parser.add_argument("--cache", metavar="DIR", help="image cache directory (as for train)")
+    parser.set_defaults(handler=run_pretrain)
+
+
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     from subspace_fsl.engine.commands import run_evaluate
 
@@ -222,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of an error (also: {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
-    for add in (_add_synth, _add_prepare, _add_train, _add_evaluate, _add_predict,
+    for add in (_add_synth, _add_prepare, _add_pretrain, _add_train, _add_evaluate, _add_predict,
                 _add_workflow_commands, _add_explain):
         add(sub)
     return parser

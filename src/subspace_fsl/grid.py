@@ -115,11 +115,23 @@ def result_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in RUNTIME_SECTIONS}
 
 
+#: result sections no training run reads: which runs exist (adding a grid value must not
+#: re-run the existing cells) and the explain step (it only reads trained models)
+NOT_READ_BY_RUNS = ("grid", "explain")
+
+
+def training_settings(run_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What a training run's result depends on, given its full settings: the result settings
+    but :data:`NOT_READ_BY_RUNS`, and ``pretrain`` only when it starts from the pretrain
+    stage's backbone (``train.init: pretrained``)."""
+    pretrained = run_cfg.get("train", {}).get("init") == "pretrained"
+    skipped = NOT_READ_BY_RUNS + (() if pretrained else ("pretrain",))
+    return {k: v for k, v in result_settings(run_cfg).items() if k not in skipped}
+
+
 def run_settings(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
-    """What one run's result depends on: :func:`result_settings` of :func:`run_config`
-    without the ``grid`` section (adding a grid value must not re-run the existing cells)."""
-    return {k: v for k, v in result_settings(run_config(cfg, method, name)).items()
-            if k not in ("grid", "explain")}  # explain only reads trained models
+    """What one run's result depends on: :func:`training_settings` of :func:`run_config`."""
+    return training_settings(run_config(cfg, method, name))
 
 
 def runtime_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ reordered config file changes nothing):
 
 - the data stages (``synthesise``, ``prepare``, ``split``):
   :data:`STAGE_SECTIONS`, e.g. ``split`` re-runs on a changed ``split.seed``, ``prepare`` does not;
+- ``pretrain``: the settings the pre-trained backbone depends on (:func:`pretrain_settings`);
 - ``train`` and ``evaluate``: the run's own settings (:func:`subspace_fsl.grid.run_settings`:
   no ``grid`` section, so adding a grid value leaves the existing runs alone);
 - ``init_tracking``, ``select``, ``tables``, ``plots``, ``explain``: every result setting
@@ -73,6 +74,16 @@ def stage_settings(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
     if stage not in STAGE_SECTIONS:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_SECTIONS)}")
     return sorted_settings({key: cfg[key] for key in STAGE_SECTIONS[stage]})
+
+
+def pretrain_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The params of the pretrain stage: the folders and what the pre-trained weights depend
+    on (``engine.pretrain.pretrain_settings``: not the grid, not ``train``)."""
+    from subspace_fsl.engine.pretrain import pretrain_settings as depends_on
+
+    return sorted_settings(
+        {"results_dir": cfg["results_dir"], "data_dir": cfg["data_dir"], **depends_on(cfg)}
+    )
 
 
 def grid_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,8 @@ SYSTEM_METRICS_INTERVAL_S = 5.0
 RUN_DIR_TAG, METHOD_TAG, BENCHMARK_TAG, KIND_TAG = (
     "run_dir", "method", "subspace_fsl.benchmark", "subspace_fsl.kind")
 PARENT_TAG = "mlflow.parentRunId"
+#: set on a run whose folder was started afresh because its settings changed
+SUPERSEDED_TAG = "subspace_fsl.superseded"
 RETRY_SECONDS = 120.0  # give up on a locked store after this long
 _TRANSIENT_WORDS = ("locked", "busy", "temporarily unavailable", "unable to open database")
 
@@ -519,6 +521,29 @@ def open_run(
     tracker = RunTracker(uri, run_id)
     tracker.set_tags(run_tags)  # a reused run gets today's name and parent
     return tracker
+
+
+def retire_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike[str], reason: str) -> None:
+    """Detach a run folder's MLflow run from the folder before the folder is started afresh
+    (its settings changed): the run keeps its history, is tagged ``subspace_fsl.superseded``
+    with ``reason``, its ``run_dir`` tag no longer names the folder (so :func:`open_run` makes
+    a new run) and, if it was left RUNNING, it ends KILLED."""
+    if not cfg["tracking"]["enabled"]:
+        return
+    uri = tracking_uri(cfg)
+    client = _client(uri)
+    folder = Path(run_dir).resolve()
+    run_id = recorded_run_id(run_dir)
+    if run_id is None:
+        found = _find_run_of_folder(client, ensure_store(cfg), str(folder))
+        run_id = found.info.run_id if found is not None else None
+    if run_id is None:
+        return
+    tracker = RunTracker(uri, run_id)
+    tracker.set_tags({RUN_DIR_TAG: f"{folder} (superseded)", SUPERSEDED_TAG: reason[:5000]})
+    if with_retry(client.get_run, run_id).info.status == "RUNNING":
+        with_retry(client.set_terminated, run_id, "KILLED")
+    log.warning("MLflow run %s of %s is superseded: %s", run_id, folder, reason)
 
 
 def recorded_run_id(run_dir: str | os.PathLike[str]) -> str | None:

@@ -33,6 +33,13 @@ def run_settings(wildcards):
     return snakemake_job.run_settings(config, wildcards.method, wildcards.run)
 
 
+def pretrained_input(wildcards):
+    """The pretrain stage's backbone when the runs start from it (train.init: pretrained)."""
+    if config["train"]["init"] == "pretrained":
+        return [paths.pretrained_backbone(config)]
+    return []
+
+
 def runtime_settings(wildcards, threads):
     """runtime + tracking with the job's threads; a function of threads, so not a rerun trigger."""
     return snakemake_job.runtime_settings(config, threads)

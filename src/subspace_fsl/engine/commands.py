@@ -38,6 +38,18 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pretrain(args: argparse.Namespace) -> int:
+    from subspace_fsl.engine.pretrain import pretrain
+    from subspace_fsl.paths import pretrain_dir
+
+    setup_logging()
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or pretrain_dir(cfg)
+    summary = pretrain(cfg, out, split_file=args.split_file, cache_dir=args.cache)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     from subspace_fsl import tracking
     from subspace_fsl.engine.evaluate import evaluate

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,10 +38,9 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 
-from subspace_fsl.config import atomic_write_text, save_config
+from subspace_fsl.config import atomic_write_text, read_yaml, save_config
 from subspace_fsl.engine.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -295,15 +295,19 @@ class Pretraining:
         return summary
 
 
+class SettingsChanged(ValueError):
+    """A pre-training folder made with other settings."""
+
+
 def check_same_pretraining(cfg: Mapping[str, Any], out: Path) -> None:
     """Refuse to resume or reuse a pre-training folder made with other settings."""
     saved_path = out / "config.yaml"
     if not saved_path.is_file():
         return
-    saved = yaml.safe_load(saved_path.read_text()) or {}
+    saved = read_yaml(saved_path, "pre-training settings") or {}
     diff = settings_differences(saved, pretrain_settings(cfg))
     if diff:
-        raise ValueError(
+        raise SettingsChanged(
             f"{out} holds a pre-training made with other settings ({'; '.join(diff[:5])}); "
             f"choose another --out or delete that folder"
         )
@@ -315,12 +319,23 @@ def pretrain(
     *,
     split_file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    restart_changed: bool = False,
 ) -> dict[str, Any]:
-    """Pre-train (or resume, or return the summary of a finished run) into ``out_dir``."""
+    """Pre-train (or resume, or return the summary of a finished run) into ``out_dir``.
+
+    A folder made with other settings is refused, or, with ``restart_changed`` (the
+    workflow's pretrain stage, which re-runs because its settings changed), removed and
+    started afresh."""
     from subspace_fsl.engine.data import open_data
 
     out = Path(out_dir)
-    check_same_pretraining(cfg, out)
+    try:
+        check_same_pretraining(cfg, out)
+    except SettingsChanged as exc:
+        if not restart_changed:
+            raise
+        log.warning("%s: starting afresh, the settings changed: %s", out, exc)
+        shutil.rmtree(out)
     if all((out / name).is_file() for name in (DONE, BACKBONE, SUMMARY)):
         log.info("%s is finished; nothing to do", out)
         return json.loads((out / SUMMARY).read_text())

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -59,8 +60,6 @@ CHECKPOINT, BEST, HISTORY, SUMMARY, DONE = (
     "done",
 )
 HISTORY_COLUMNS = ["episode", "train_loss", "train_acc", "l1", "l2", "val_acc", "val_ci95", "lr"]
-# settings that change what a run computes; runtime and tracking may differ on resume
-RESULT_SECTIONS = ("dataset", "split", "model", "train", "eval")
 
 
 # --- pieces ----------------------------------------------------------------------------------
@@ -215,16 +214,28 @@ def check_training_config(cfg: Mapping[str, Any], data: EngineData, model: FewSh
     check_head_episode(model, way, shot, f"train.way={way}, train.shot={shot}", cfg["model"])
 
 
+def _result_sections(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The sections of ``grid.training_settings`` (not the folders: a moved results_dir is
+    the same run)."""
+    from subspace_fsl.grid import training_settings
+
+    return {k: v for k, v in training_settings(cfg).items() if isinstance(v, Mapping)}
+
+
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     from subspace_fsl.tracking import flatten
 
-    old = flatten({k: saved.get(k, {}) for k in RESULT_SECTIONS})
-    new = flatten({k: current.get(k, {}) for k in RESULT_SECTIONS})
+    old = flatten(_result_sections(saved))
+    new = flatten(_result_sections(current))
     return [
         f"{k}: {old.get(k)} -> {new.get(k)}"
         for k in sorted(old.keys() | new.keys())
         if old.get(k) != new.get(k)
     ]
+
+
+class SettingsChanged(ValueError):
+    """A run directory holds a run made with other result settings."""
 
 
 def check_same_run(cfg: Mapping[str, Any], out: Path) -> None:
@@ -235,7 +246,7 @@ def check_same_run(cfg: Mapping[str, Any], out: Path) -> None:
     saved = read_yaml(saved_path, "run settings") or {}
     diff = _differences(saved, cfg)
     if diff:
-        raise ValueError(
+        raise SettingsChanged(
             f"{out} holds a run with other settings ({'; '.join(diff[:5])}); "
             f"choose another --out or delete that directory"
         )
@@ -352,10 +363,12 @@ class TrainingRun:
         *,
         split_file: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
+        restart_changed: bool = False,
     ) -> None:
         from subspace_fsl.tracking import NullTracker
 
         self.cfg, self.out = cfg, Path(out_dir)
+        self.restart_changed = restart_changed
         self.settings = cfg["train"]
         self.split_file, self.cache_dir = split_file, cache_dir
         self.state: dict[str, Any] = {
@@ -434,6 +447,13 @@ class TrainingRun:
         )
         model = build_model(cfg)
         check_training_config(cfg, self.data, model)
+        if self.settings["init"] == "pretrained" and not (self.out / CHECKPOINT).is_file():
+            from subspace_fsl import paths
+            from subspace_fsl.engine.pretrain import load_pretrained_backbone
+
+            weights = paths.pretrained_backbone(cfg)
+            load_pretrained_backbone(cfg, model.backbone, weights)
+            log.info("backbone initialised from %s", weights)
         if cfg["tracking"]["enabled"]:
             tracking.tracking_uri(cfg)  # refuse a bad URI before any work
         self.trainer = EpisodeTrainer(cfg, self.data, model, self.runtime)
@@ -643,7 +663,12 @@ class TrainingRun:
 
     def run(self) -> dict[str, Any]:
         """Train (or resume, or only complete a finished run's outputs); the final metrics."""
-        check_same_run(self.cfg, self.out)
+        try:
+            check_same_run(self.cfg, self.out)
+        except SettingsChanged as exc:
+            if not self.restart_changed:
+                raise
+            self.start_afresh(str(exc))
         with self.signals:
             done = self.finished()
             if done is not None:
@@ -654,6 +679,16 @@ class TrainingRun:
             except BaseException as exc:
                 self._stopped_by(exc)
                 raise
+
+    def start_afresh(self, reason: str) -> None:
+        """The workflow's answer to changed settings (its job re-runs because its params
+        changed): the folder's MLflow run is retired and the stale folder removed, so nothing
+        of the old run is resumed or reported as this one."""
+        from subspace_fsl import tracking
+
+        log.warning("%s: starting afresh, the settings changed: %s", self.out, reason)
+        tracking.retire_run(self.cfg, self.out, reason)
+        shutil.rmtree(self.out)
 
     def _run(self) -> None:
         self.setup()
@@ -702,12 +737,17 @@ def train(
     *,
     split_file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    restart_changed: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume, or do nothing when finished) one configuration into ``out_dir``.
 
-    Returns the final metrics (``train_summary.json``). See :class:`TrainingRun`.
+    A folder holding a run with other result settings is refused, or, with
+    ``restart_changed`` (the workflow's train stage), started afresh. Returns the final
+    metrics (``train_summary.json``). See :class:`TrainingRun`.
     """
-    return TrainingRun(cfg, out_dir, split_file=split_file, cache_dir=cache_dir).run()
+    return TrainingRun(
+        cfg, out_dir, split_file=split_file, cache_dir=cache_dir, restart_changed=restart_changed
+    ).run()
 
 
 def _episodes(state: dict[str, Any], max_episodes: int) -> Iterator[int]:
