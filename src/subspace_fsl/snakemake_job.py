@@ -146,7 +146,7 @@ def job(smk: Any) -> Iterator[Config]:
     one line and exit code 2; any other exception (a bug), and every error when
     ``SUBSPACE_FSL_DEBUG=1``, writes its traceback into the log and exits with 1.
     """
-    from subspace_fsl.engine.commands import setup_logging
+    from subspace_fsl.logs import setup_logging
 
     with _output_to(smk.log[0]) as terminal:
         setup_logging()
