@@ -110,8 +110,10 @@ def test_evaluation_writes_episode_table_and_summary(workspace: Path, trained: P
     summary = json.loads((evaluated / "summary.json").read_text())
     accuracies = table["accuracy"].to_numpy()
     assert summary["mean"] == pytest.approx(accuracies.mean())
-    assert summary["std"] == pytest.approx(accuracies.std())
-    assert summary["ci95"] == pytest.approx(1.96 * accuracies.std() / math.sqrt(EVAL_EPISODES))
+    # the sample std (ddof = 1), as in the tables (stats.mean_ci): one interval everywhere
+    assert summary["std"] == pytest.approx(accuracies.std(ddof=1))
+    assert summary["ci95"] == pytest.approx(
+        1.96 * accuracies.std(ddof=1) / math.sqrt(EVAL_EPISODES))
     assert {k: summary[k] for k in ("episodes", "way", "shot", "query", "split", "split_rule")} \
         == {"episodes": EVAL_EPISODES, "way": 2, "shot": 2, "query": 3, "split": "novel",
             "split_rule": "random"}

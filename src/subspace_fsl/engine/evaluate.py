@@ -80,11 +80,17 @@ def episode_accuracies(
 
 
 def summarise(accuracies: np.ndarray) -> dict[str, float]:
-    """mean, std (population, as in the field's code) and ci95 = 1.96 std / sqrt(n)."""
+    """mean, std and ci95 = 1.96 std / sqrt(n) with the sample std (ddof = 1): the
+    convention of ``subspace_fsl.stats``, so a summary.json and the tables built from the
+    same episodes print the same interval."""
+    from subspace_fsl import stats
+
     n = len(accuracies)
-    mean = float(np.mean(accuracies)) if n else math.nan
-    std = float(np.std(accuracies)) if n else math.nan
-    return {"mean": mean, "std": std, "ci95": 1.96 * std / math.sqrt(n) if n else math.nan}
+    if not n:
+        return {"mean": math.nan, "std": math.nan, "ci95": math.nan}
+    mean, ci95 = stats.mean_ci(accuracies)
+    std = float(np.std(accuracies, ddof=1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "ci95": ci95}
 
 
 def evaluation_plan(
