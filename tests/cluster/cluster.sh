@@ -35,7 +35,8 @@ PG_PORT=${PG_PORT:-15432}
 MLFLOW_PORT=${MLFLOW_PORT:-15000}
 NODE_CPUS=${NODE_CPUS:-8}
 DB_PASS=subspacefsl   # loopback-only throw-away databases
-PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true; }
+PG_BIN=$(pg_bin)
 HOST=$(hostname -s)
 
 log() { echo "[cluster] $*" >&2; }
@@ -242,6 +243,7 @@ start_mlflow() {
   [[ $# == 1 ]] || die "usage: start-mlflow PYTHON_BIN_DIR (where mlflow and psycopg2 are)"
   local bin=$1
   install
+  PG_BIN=$(pg_bin)  # known only once postgresql is installed
   [[ -x $bin/mlflow ]] || die "$bin/mlflow not found"
   "$bin/python" -c 'import psycopg2' 2>/dev/null || die "psycopg2 missing: pip install -e '.[test]'"
   [[ ! -e $STATE/pg ]] || die "$STATE/pg is in use: run stop-mlflow first"
