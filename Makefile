@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo smoke lint install bench bench-gpu clean-venv
+.PHONY: test test-cluster demo smoke lint install bench bench-gpu clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# a real loopback SLURM cluster (slurmdbd + MariaDB) and an MLflow server on PostgreSQL, set up
+# by tests/cluster/cluster.sh (root: it apt-get installs what is missing); ~25 min on 2 cores
+test-cluster: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[test,cluster]'
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/cluster/cluster_tests.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow
