@@ -64,14 +64,17 @@ TINY = {
               "checkpoint_every": 2, "log_every": 2, "lr_schedule": "none", "augment": False},
     "eval": {"episodes": 6, "query": 2, "batch_size": 64},
     "grid": {"way": [3], "shot": [1], "n_subspaces": [2], "lambda1": [0.1],
-             "lambda2": [0, 0.1], "seeds": [0],
+             "lambda2": [0, 0.1], "seeds": [0], "tau": [1],
+             # the smallest baseline grid: two temperatures, chosen on validation
              "baselines": {"protonet": {"head": "protonet", "n_subspaces": 1,
-                                        "lambda1": 0, "lambda2": 0}}},
+                                        "lambda1": 0, "lambda2": 0,
+                                        "grid": {"tau": [1, 10]}}}},
     "runtime": {"device": "cpu", "progress": "none", "malloc_tuning": False},
 }
 RUN_NAMES = {("multisubspace", "w3_k1_S2_l1-0.1_l2-0_seed0"),
              ("multisubspace", "w3_k1_S2_l1-0.1_l2-0.1_seed0"),
-             ("protonet", "w3_k1_S1_l1-0_l2-0_seed0")}
+             ("protonet", "w3_k1_S1_l1-0_l2-0_seed0"),
+             ("protonet", "w3_k1_S1_l1-0_l2-0_t10_seed0")}
 
 
 def _write_config(tmp: Path, settings: dict, name: str = "tiny.yaml") -> Path:
@@ -167,7 +170,7 @@ def test_end_to_end_tiny_grid(tmp_path):
     cfg = load_config(config)
     proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["train"] == 3 and counts["evaluate"] == 6 and counts["init_tracking"] == 1
+    assert counts["train"] == 4 and counts["evaluate"] == 8 and counts["init_tracking"] == 1
 
     # every table, in every format, with its rows
     tables = paths.tables_dir(cfg)
@@ -190,7 +193,18 @@ def test_end_to_end_tiny_grid(tmp_path):
     val = {l2: pd.read_csv(paths.eval_dir(cfg, "multisubspace", "val",
                                           paths.run_name(3, 1, 2, 0.1, l2, 0))
                            / "episodes.csv")["accuracy"].mean() for l2 in (0, 0.1)}
-    assert selection["lambda2"].item() == (0.1 if val[0.1] > val[0] else 0)
+    ours = selection[selection["method"] == "multisubspace"]
+    assert ours["lambda2"].item() == (0.1 if val[0.1] > val[0] else 0)
+    # the baseline's temperature, chosen on validation by the same rule (ties: tau = 1)
+    proto_val = {tau: pd.read_csv(paths.eval_dir(cfg, "protonet", "val",
+                                                 paths.run_name(3, 1, 1, 0, 0, 0, tau))
+                                  / "episodes.csv")["accuracy"].mean() for tau in (1, 10)}
+    proto = selection[selection["method"] == "protonet"]
+    assert proto["tau"].item() == (10 if proto_val[10] > proto_val[1] else 1)
+    assert proto["budget"].item() == 2 and ours["budget"].item() == 2
+    chosen_tau = paths.format_number(proto["tau"].item())
+    assert f"| protonet: chosen on validation | τ={chosen_tau} (best of 2 on validation) |" in md
+    assert main.loc[main["method"] == "protonet", "tau"].item() == proto["tau"].item()
 
     # every plot
     plots = paths.plots_dir(cfg)
@@ -224,4 +238,6 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert job_counts(dry.stdout + dry.stderr) == {
         "train": 1, "evaluate": 2, "select": 1, "tables": 1, "plots": 1, "all": 1}
     assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
+    assert "protonet/w3_k1_S1_l1-0_l2-0_t10_seed0/best.pt" not in re.sub(
+        r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)
