@@ -249,3 +249,31 @@ def test_a_tiny_accuracy_check_prints_the_paired_difference(tmp_path: Path, caps
            "below 0): ")
     assert (bar + "met" in printed) == paired["bar_met"]
     assert (bar + "MISSED" in printed) != paired["bar_met"]
+
+
+def test_easyfsl_on_features_embedded_once_equals_its_per_episode_evaluation(
+    tmp_path: Path,
+) -> None:
+    from subspace_fsl.bench import accuracy
+    from subspace_fsl.data.episodes import EpisodeLoader
+    from subspace_fsl.engine.evaluate import evaluation_plan
+
+    args = accuracy.parse([
+        "--classes", "9", "--images-per-class", "10", "--synth-size", "32", "--size", "16",
+        "--counts", "3", "3", "3", "--way", "2", "--shot", "2", "--query", "2",
+        "--eval-query", "3", "--episodes", "3", "--threads", "1",
+    ])  # fmt: skip
+    data = accuracy.engine_data(args, tmp_path)
+    cfg = accuracy.project_config(args, 1.0, False, "euclidean")
+    model, _ = accuracy.train_easyfsl(cfg, data, args)
+    plan = evaluation_plan(cfg, data, "novel", episodes=15)
+    fast = accuracy.easyfsl_accuracies(model, data, plan)
+    loader, slow = EpisodeLoader(data, "cpu", augment=False), []
+    model.eval()
+    with torch.no_grad():  # easyfsl's evaluate_on_one_task: the backbone on every episode
+        for episode in plan:
+            support, query = loader(episode)
+            model.process_support_set(support, torch.as_tensor(episode.support_labels))
+            predicted = model(query).argmax(1)
+            slow.append((predicted == torch.as_tensor(episode.query_labels)).double().mean())
+    np.testing.assert_array_equal(fast, torch.stack(slow).numpy())
