@@ -220,15 +220,16 @@ def test_a_tiny_accuracy_check_prints_the_paired_difference(tmp_path: Path, caps
         "--classes", "9", "--images-per-class", "10", "--synth-size", "32", "--size", "16",
         "--counts", "3", "3", "3", "--way", "2", "--shot", "2", "--query", "2",
         "--eval-query", "3", "--episodes", "4", "--val-episodes", "4",
-        "--eval-episodes", "12", "--tau", "1", "learn:10", "--distance", "squared",
-        "euclidean", "--threads", "1", "--json", str(out), "--work", str(tmp_path / "w"),
+        "--eval-episodes", "12", "--tau", "1", "learn:10", "--distance", "euclidean",
+        "--embed", "joint", "separate", "--threads", "1", "--json", str(out),
+        "--work", str(tmp_path / "w"),
     ])  # fmt: skip
     results = json.loads(out.read_text())
     printed = capsys.readouterr().out
-    # the project's grid: 2 temperatures x 2 distances, one chosen on validation
+    # the project's grid: 2 temperatures x 2 batch-norm conventions, one chosen on validation
     assert [r["setting"] for r in results["project_grid"]] == [
-        "tau=1, squared", "tau=1, euclidean", "tau=learn:10, squared",
-        "tau=learn:10, euclidean"]
+        "tau=1, euclidean, joint", "tau=1, euclidean, separate",
+        "tau=learn:10, euclidean, joint", "tau=learn:10, euclidean, separate"]
     best = max(results["project_grid"], key=lambda r: r["val_accuracy"])
     assert results["chosen"]["budget"] == 4
     chosen = next(r for r in results["project_grid"] if r["setting"] ==

@@ -362,3 +362,36 @@ def test_a_distance_a_head_does_not_have_is_refused():
         ProtoNetHead(8, distance="cosine")
     head = build_head("dsn", 16, **{**load_config()["model"], "distance": "euclidean"})
     assert head.distance == "euclidean"
+
+
+def test_separate_passes_give_support_and_queries_their_own_batch_statistics():
+    """model.embed: one joint backbone pass (shared batch-norm statistics) or two; in eval
+    mode (running statistics) both are the same function."""
+    from subspace_fsl.engine.model import build_model
+
+    cfg = load_config(None, ["model.head=protonet", "dataset.image_size=16"])
+    torch.manual_seed(0)
+    joint = build_model(cfg)
+    torch.manual_seed(0)
+    separate = build_model({**cfg, "model": {**cfg["model"], "embed": "separate"}})
+    assert joint.embed == "joint" and separate.embed == "separate"
+    g = torch.Generator().manual_seed(0)
+    support = torch.randn(4, 3, 16, 16, generator=g)
+    query = torch.randn(6, 3, 16, 16, generator=g) + 2.0  # other statistics than the support
+    labels = torch.tensor([0, 0, 1, 1])
+    both = joint.backbone(torch.cat([support, query]))
+    expected_separate = torch.cat([separate.backbone(support), separate.backbone(query)])
+    out_joint, out_sep = joint(support, labels, query), separate(support, labels, query)
+    ref_joint = ProtoNetHead(both.shape[1])(both[:4], labels, both[4:])
+    ref_sep = ProtoNetHead(both.shape[1])(expected_separate[:4], labels, expected_separate[4:])
+    torch.testing.assert_close(out_joint.logits, ref_joint.logits)
+    torch.testing.assert_close(out_sep.logits, ref_sep.logits)
+    assert not torch.allclose(out_joint.logits, out_sep.logits)
+    joint.eval()
+    separate.eval()
+    separate.load_state_dict(joint.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(joint(support, labels, query).logits,
+                                   separate(support, labels, query).logits)
+    with pytest.raises(ValueError, match="embed must be one of"):
+        build_model({**cfg, "model": {**cfg["model"], "embed": "twice"}})

@@ -107,7 +107,7 @@ def test_selection_uses_validation_only(fabricated):
 def _tied(**settings) -> list[dict]:
     base = {"method": "m", "split": "val", "way": 5, "shot": 1, "n_subspaces": 1,
             "lambda1": 0.0, "lambda2": 0.0, "tau": 1.0, "learn_tau": False,
-            "distance": "squared", "seed": 0, "accuracy": 0.5}
+            "distance": "squared", "embed": "joint", "seed": 0, "accuracy": 0.5}
     keys = list(settings)
     import itertools
     return [{**base, **dict(zip(keys, values, strict=True)), "episode": e}
@@ -119,6 +119,7 @@ def _tied(**settings) -> list[dict]:
     ({"tau": [10.0, 0.2]}, {"tau": 0.2}),          # closer to 1 in log scale
     ({"tau": [1.0, 10.0], "learn_tau": [True, False]}, {"tau": 1.0, "learn_tau": False}),
     ({"distance": ["euclidean", "squared"]}, {"distance": "squared"}),
+    ({"embed": ["separate", "joint"]}, {"embed": "joint"}),
     ({"n_subspaces": [4, 2]}, {"n_subspaces": 2}),
 ])
 def test_selection_ties_go_to_the_simpler_setting(settings, simplest):
@@ -131,7 +132,8 @@ def test_selection_ties_go_to_the_simpler_setting(settings, simplest):
 def test_selection_ties_go_to_smaller_lambdas():
     rows = [{"method": "m", "split": "val", "way": 5, "shot": 1, "n_subspaces": 2,
              "lambda1": l1, "lambda2": l2, "tau": 1.0, "learn_tau": False,
-             "distance": "squared", "seed": 0, "episode": e, "accuracy": 0.5}
+             "distance": "squared", "embed": "joint", "seed": 0, "episode": e,
+             "accuracy": 0.5}
             for l1 in (0.3, 0.0) for l2 in (0.1, 0.0) for e in range(3)]
     chosen = selection.select(pd.DataFrame(rows), "m")
     assert chosen[["lambda1", "lambda2"]].iloc[0].tolist() == [0.0, 0.0]

@@ -94,6 +94,7 @@ def baseline_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
         "lambda2": entry.get("lambda2", cfg["train"]["lambda2"]),
         "tau": list(own.get("tau", [paths.DEFAULT_TAU])),
         "distance": list(own.get("distance", ["squared"])),
+        "embed": list(own.get("embed", ["joint"])),
     }
 
 
@@ -103,10 +104,10 @@ def method_runs(cfg: Mapping[str, Any]) -> list[Run]:
     g = cfg["grid"]
     method = method_name(cfg)
     return [
-        Run(method, paths.run_name(w, k, s, l1, l2, seed, *tau_setting(t)))
-        for w, k, s, l1, l2, t, seed in itertools.product(
+        Run(method, paths.run_name(w, k, s, l1, l2, seed, *tau_setting(t), "squared", e))
+        for w, k, s, l1, l2, t, e, seed in itertools.product(
             g["way"], g["shot"], g["n_subspaces"], g["lambda1"], g["lambda2"], g["tau"],
-            g["seeds"])
+            g["embed"], g["seeds"])
     ]
 
 
@@ -117,10 +118,12 @@ def baseline_runs(cfg: Mapping[str, Any]) -> list[Run]:
     runs = []
     for name in baseline_names(cfg):
         b = baseline_settings(cfg, name)
-        for w, k, t, dist, seed in itertools.product(g["way"], g["shot"], b["tau"],
-                                                     b["distance"], g["seeds"]):
+        for w, k, t, dist, e, seed in itertools.product(g["way"], g["shot"], b["tau"],
+                                                        b["distance"], b["embed"],
+                                                        g["seeds"]):
             runs.append(Run(name, paths.run_name(w, k, b["n_subspaces"], b["lambda1"],
-                                                 b["lambda2"], seed, *tau_setting(t), dist)))
+                                                 b["lambda2"], seed, *tau_setting(t), dist,
+                                                 e)))
     return runs
 
 
@@ -129,10 +132,11 @@ def budget(cfg: Mapping[str, Any], method: str) -> int:
     replicates of one configuration, not extra choices)."""
     g = cfg["grid"]
     if method == method_name(cfg):
-        return len(g["n_subspaces"]) * len(g["lambda1"]) * len(g["lambda2"]) * len(g["tau"])
+        return (len(g["n_subspaces"]) * len(g["lambda1"]) * len(g["lambda2"]) * len(g["tau"])
+                * len(g["embed"]))
     if method in g["baselines"]:
         b = baseline_settings(cfg, method)
-        return len(b["tau"]) * len(b["distance"])
+        return len(b["tau"]) * len(b["distance"]) * len(b["embed"])
     raise ValueError(f"unknown method {method!r}; the grid has "
                      f"{', '.join([method_name(cfg), *baseline_names(cfg)])}")
 
@@ -158,7 +162,7 @@ def run_config(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]
                          f"{', '.join([method_name(cfg), *baseline_names(cfg)])}")
     out["model"] = {**out["model"], "head": head, "n_subspaces": key.n_subspaces,
                     "subspace_dim": subspace_dim, "tau": key.tau, "learn_tau": key.learn_tau,
-                    "distance": key.distance}
+                    "distance": key.distance, "embed": key.embed}
     out["train"] = {**out["train"], "way": key.way, "shot": key.shot, "lambda1": key.lambda1,
                     "lambda2": key.lambda2, "seed": key.seed}
     return out

@@ -124,7 +124,8 @@ def config_of(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
     """The ``CONFIG_COLUMNS`` of a selection row, with plain Python types."""
     return {"n_subspaces": int(row["n_subspaces"]), "lambda1": float(row["lambda1"]),
             "lambda2": float(row["lambda2"]), "tau": float(row["tau"]),
-            "learn_tau": bool(row["learn_tau"]), "distance": str(row["distance"])}
+            "learn_tau": bool(row["learn_tau"]), "distance": str(row["distance"]),
+            "embed": str(row["embed"])}
 
 
 def tau_text(tau: float, learn_tau: bool) -> str:
@@ -143,11 +144,15 @@ def settings_text(cfg: Mapping[str, Any], method: str, config: Mapping[str, Any]
         parts += [f"λ1={paths.format_number(config['lambda1'])}",
                   f"λ2={paths.format_number(config['lambda2'])}",
                   tau_text(config["tau"], bool(config["learn_tau"]))]
+        embeds = cfg["grid"]["embed"]
     else:
         searched = grid.baseline_settings(cfg, method)
         parts = [tau_text(config["tau"], bool(config["learn_tau"]))]
         if len(searched["distance"]) > 1 or config["distance"] != "squared":
             parts.append(f"{config['distance']} distance")
+        embeds = searched["embed"]
+    if len(embeds) > 1 or config["embed"] != "joint":
+        parts.append(f"{config['embed']} passes")
     text = ", ".join(parts)
     return text if budget is None else f"{text} (best of {int(budget)} on validation)"
 

@@ -10,8 +10,9 @@ method (the grid's own and each baseline) and every (way, shot):
 The method chooses lambda1, lambda2 and tau per S, then S; ProtoNet and DSN choose tau and
 the distance form. Ties go to the simpler setting, in this order: smaller lambda1, smaller
 lambda2, a fixed tau before a learned one, tau closer to 1 (|log tau|, then the smaller),
-the squared distance before the plain Euclidean one (the original ProtoNet's form); and the
-smaller S. ``budget`` is how many validation configurations the (way, shot) choice compared.
+the squared distance before the plain Euclidean one (the original ProtoNet's form), one joint
+backbone pass before separate ones; and the smaller S. ``budget`` is how many validation
+configurations the (way, shot) choice compared.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ SELECTION_COLUMNS = ["method", "way", "shot", *CONFIG_COLUMNS, "val_accuracy", "
                      "budget", "best_s"]
 #: tie order of the distance forms: the original ProtoNet's squared distance is simpler
 DISTANCE_RANK = {"squared": 0, "euclidean": 1}
+#: tie order of the batch-norm conventions: the one joint pass (the default) first
+EMBED_RANK = {"joint": 0, "separate": 1}
 
 
 def cell_scores(results: pd.DataFrame, method: str, split: str = "val") -> pd.DataFrame:
@@ -42,7 +45,7 @@ def cell_scores(results: pd.DataFrame, method: str, split: str = "val") -> pd.Da
 
     ``results`` is the long per-episode table of :func:`subspace_fsl.results.load_results`
     (columns method, way, shot, n_subspaces, lambda1, lambda2, tau, learn_tau, distance,
-    seed, split, episode, accuracy).
+    embed, seed, split, episode, accuracy).
     """
     rows = results[(results["method"] == method) & (results["split"] == split)]
     if rows.empty:
@@ -59,10 +62,11 @@ def simplicity_order(scores: pd.DataFrame) -> pd.DataFrame:
         _learn=scores["learn_tau"].astype(bool).astype(int),
         _tau=np.abs(np.log(scores["tau"].astype(float))),
         _dist=scores["distance"].map(DISTANCE_RANK),
+        _embed=scores["embed"].map(EMBED_RANK),
     )
-    order = [*CELL, "accuracy", *LAMBDAS, "_learn", "_tau", "tau", "_dist"]
-    ranked = ranked.sort_values(order, ascending=[True, True, True, False] + [True] * 6)
-    return ranked.drop(columns=["_learn", "_tau", "_dist"])
+    order = [*CELL, "accuracy", *LAMBDAS, "_learn", "_tau", "tau", "_dist", "_embed"]
+    ranked = ranked.sort_values(order, ascending=[True, True, True, False] + [True] * 7)
+    return ranked.drop(columns=["_learn", "_tau", "_dist", "_embed"])
 
 
 def select(results: pd.DataFrame, method: str) -> pd.DataFrame:

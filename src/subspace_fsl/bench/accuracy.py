@@ -12,7 +12,7 @@ Both are trained and evaluated on the same data, episodes and budget, by one pro
   (``process_support_set`` then ``model(query)``, ``CrossEntropyLoss`` on its scores
   ``-torch.cdist(query, prototypes)``: the plain Euclidean distance at temperature 1);
 - **this project's ProtoNet** trained by the engine's own ``EpisodeTrainer`` at every setting
-  of its validation grid (``--tau`` x ``--distance``, by default the schema's
+  of its validation grid (``--tau`` x ``--distance`` x ``--embed``, by default the schema's
   ``grid.baselines.protonet.grid``), one setting chosen on the validation classes by the
   workflow's rule (``subspace_fsl.selection``: best validation accuracy, ties to the simpler
   setting);
@@ -70,14 +70,15 @@ def engine_data(args: argparse.Namespace, work: Path) -> Any:
 
 
 def project_config(args: argparse.Namespace, tau: float, learn_tau: bool,
-                   distance: str) -> dict[str, Any]:
+                   distance: str, embed: str = "joint") -> dict[str, Any]:
     """The project's ProtoNet run at one grid setting, everything else shared."""
     from subspace_fsl.config import load_config
 
     return load_config(None, [
         f"dataset.image_size={args.size}", f"model.backbone={args.backbone}",
         "model.head=protonet", f"model.tau={tau}", f"model.learn_tau={str(learn_tau).lower()}",
-        f"model.distance={distance}", f"train.way={args.way}", f"train.shot={args.shot}",
+        f"model.distance={distance}", f"model.embed={embed}", f"train.way={args.way}",
+        f"train.shot={args.shot}",
         f"train.query={args.query}", f"train.max_episodes={args.episodes}",
         f"train.lr={args.lr}", "train.lr_schedule=none", "train.augment=false",
         f"train.seed={args.seed}", f"eval.query={args.eval_query}",
@@ -219,10 +220,11 @@ def choose(val_rows: list[dict[str, Any]]) -> pd.Series:
     return select(pd.DataFrame(val_rows), "protonet").query("best_s").iloc[0]
 
 
-def grid_settings(args: argparse.Namespace) -> list[tuple[float, bool, str]]:
+def grid_settings(args: argparse.Namespace) -> list[tuple[float, bool, str, str]]:
     from subspace_fsl.grid import tau_setting
 
-    return [(*tau_setting(t), d) for t in args.tau for d in args.distance]
+    return [(*tau_setting(t), d, e) for t in args.tau for d in args.distance
+            for e in args.embed]
 
 
 def _tau_value(text: str) -> float | str:
@@ -258,37 +260,46 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     peer_novel = easyfsl_accuracies(peer, data, novel_plan)
 
     trained, val_rows, runs = {}, [], []
-    for (tau, learn, distance), cfg in configs.items():
-        label = f"tau={'learn:' if learn else ''}{format_number(tau)}, {distance}"
+    for (tau, learn, distance, embed), cfg in configs.items():
+        label = f"tau={'learn:' if learn else ''}{format_number(tau)}, {distance}, {embed}"
         model, log = train_project(cfg, data)
         if not torch.equal(log["start"], peer_log["start"]):
             raise RuntimeError("the two backbones did not start from the same weights")
         if log["episode_classes"] != peer_log["episode_classes"]:
             raise RuntimeError("the two models were not trained on the same episodes")
         val = project_accuracies(model, cfg, data, val_plan)
-        trained[(tau, learn, distance)] = (model, cfg)
+        trained[(tau, learn, distance, embed)] = (model, cfg)
         val_rows += [{"method": "protonet", "split": "val", "way": args.way,
                       "shot": args.shot, "n_subspaces": 1, "lambda1": 0.0, "lambda2": 0.0,
-                      "tau": tau, "learn_tau": learn, "distance": distance, "seed": args.seed,
+                      "tau": tau, "learn_tau": learn, "distance": distance, "embed": embed,
+                      "seed": args.seed,
                       "episode": i, "accuracy": a} for i, a in enumerate(val)]
         runs.append({"setting": label, "tau": tau, "learn_tau": learn, "distance": distance,
+                     "embed": embed,
                      "val_accuracy": 100 * float(val.mean()), "final_tau": log["tau"],
                      "loss_first": log["losses"][0], "loss_last10": float(
                          np.mean(log["losses"][-10:])), "train_s": log["seconds"]})
-        print(f"  project ProtoNet {label:<28} val {100 * val.mean():6.2f} %  "
+        print(f"  project ProtoNet {label:<38} val {100 * val.mean():6.2f} %  "
               f"(loss {log['losses'][0]:.2f} -> {runs[-1]['loss_last10']:.2f}, "
               f"{log['seconds']:.0f} s)", flush=True)
     best = choose(val_rows)
-    key = (float(best["tau"]), bool(best["learn_tau"]), str(best["distance"]))
+    key = (float(best["tau"]), bool(best["learn_tau"]), str(best["distance"]),
+           str(best["embed"]))
     model, cfg = trained[key]
     ours_novel = project_accuracies(model, cfg, data, novel_plan)
     result = verdict(ours_novel, peer_novel)
-    fixed_key = (1.0, False, "squared")  # the project's old fixed setting
+    fixed_key = (1.0, False, "squared", "joint")  # the project's old fixed setting
     fixed = None
     if fixed_key in trained and fixed_key != key:
         fixed_model, fixed_cfg = trained[fixed_key]
         fixed = verdict(project_accuracies(fixed_model, fixed_cfg, data, novel_plan),
                         peer_novel)
+    same_key = (1.0, False, "euclidean", "separate")  # easyfsl's form and convention
+    same_form = None
+    if same_key in trained and same_key != key:
+        same_model, same_cfg = trained[same_key]
+        same_form = verdict(project_accuracies(same_model, same_cfg, data, novel_plan),
+                            peer_novel)
     from subspace_fsl import stats
 
     return {
@@ -315,6 +326,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "paired": result,
         "novel_episodes": {"easyfsl": peer_novel.tolist(), "project": ours_novel.tolist()},
         "paired_fixed_tau1_squared": fixed,
+        "paired_same_form_as_easyfsl": same_form,
         "seconds": time.perf_counter() - started,
     }
 
@@ -351,6 +363,10 @@ def report(results: dict[str, Any]) -> str:
     if fixed is not None:
         lines.append(f"  (the project's old fixed setting, tau = 1 squared: "
                      f"{fixed['mean_diff']:+.2f} ± {fixed['ci95']:.2f} points)")
+    same_form = results.get("paired_same_form_as_easyfsl")
+    if same_form is not None:
+        lines.append(f"  (the project at easyfsl's own form, tau = 1 euclidean, separate passes: "
+                     f"{same_form['mean_diff']:+.2f} ± {same_form['ci95']:.2f} points)")
     mark = "met" if paired["bar_met"] else "MISSED"
     lines += ["", f"bar (the project's ProtoNet no worse than easyfsl's: the paired CI not "
                   f"entirely below 0): {mark}",
@@ -389,6 +405,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="the project's temperature grid (numbers, learn, learn:<tau0>)")
     add("--distance", nargs="+", choices=["squared", "euclidean"],
         default=grid.get("distance", ["squared"]), help="the project's distance forms")
+    add("--embed", nargs="+", choices=["joint", "separate"],
+        default=grid.get("embed", ["joint"]),
+        help="the project's training batch-norm conventions (model.embed)")
     add("--threads", type=int, default=None, help="torch threads (default: the cores given)")
     add("--json", type=Path, default=DEFAULT_JSON)
     add("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
