@@ -1,12 +1,14 @@
 """The performance benchmarks' own machinery: the easyfsl shim, the FLOP count of a training
 step against an analytic count, the memory figures of a mapped vs a copied cache, and a tiny
-end-to-end peer run (easyfsl included) whose JSON is checked."""
+end-to-end peer run (easyfsl included) whose JSON is checked; the cross-library accuracy check
+(bench accuracy): easyfsl's scores against the project's ProtoNet head, its verdict, a tiny run."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import Sampler
@@ -169,3 +171,110 @@ def test_on_a_torch_that_accepts_data_source_the_shim_does_nothing_and_hides_not
     assert Sampler.__init__ is old_torch_init
     with pytest.raises(TypeError, match="raised by the caller"), peer.task_sampler_shim():
         raise TypeError("raised by the caller")
+
+
+# --- the cross-library accuracy check (bench accuracy) ----------------------------------------
+
+
+def test_easyfsl_scores_are_the_project_protonet_with_the_euclidean_distance() -> None:
+    """easyfsl's PrototypicalNetworks (identity backbone) against ProtoNetHead(euclidean):
+    the same logits on the same features, so the comparison is of training, not of maths."""
+    from easyfsl.methods import PrototypicalNetworks
+
+    from subspace_fsl.heads import ProtoNetHead
+
+    g = torch.Generator().manual_seed(0)
+    support, query = torch.randn(6, 12, generator=g), torch.randn(9, 12, generator=g)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    peer_model = PrototypicalNetworks(torch.nn.Identity())
+    peer_model.process_support_set(support, labels)
+    ours = ProtoNetHead(12, distance="euclidean")(support, labels, query).logits
+    torch.testing.assert_close(ours, peer_model(query), rtol=1e-5, atol=1e-5)
+    squared = ProtoNetHead(12)(support, labels, query).logits
+    torch.testing.assert_close(squared, -peer_model(query).square(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_accuracy_bar_fails_when_the_project_is_worse() -> None:
+    from subspace_fsl.bench.accuracy import verdict
+
+    rng = np.random.default_rng(0)
+    theirs = rng.uniform(0.4, 0.8, 200)
+    worse = verdict(theirs - 0.05 + rng.normal(0, 0.01, 200), theirs)
+    diff = (theirs - 0.05 + rng.normal(0, 0.01, 200)) - theirs  # reference, by hand
+    assert not worse["bar_met"] and worse["high"] < 0
+    assert worse["mean_diff"] == pytest.approx(100 * diff.mean(), abs=0.2)
+    same = verdict(theirs, theirs)
+    assert same["bar_met"] and same["mean_diff"] == 0 and same["ci95"] == 0
+    noisy = theirs - 0.01 + rng.normal(0, 0.2, 200)  # worse on average, CI straddles 0
+    tie = verdict(np.clip(noisy, 0, 1), theirs)
+    half = 100 * 1.96 * (np.clip(noisy, 0, 1) - theirs).std(ddof=1) / np.sqrt(200)
+    assert tie["ci95"] == pytest.approx(half)
+    assert tie["bar_met"] == (tie["mean_diff"] + half >= 0)
+
+
+def test_a_tiny_accuracy_check_prints_the_paired_difference(tmp_path: Path, capsys) -> None:
+    from subspace_fsl.bench import accuracy
+
+    out = tmp_path / "accuracy.json"
+    code = accuracy.main([
+        "--classes", "9", "--images-per-class", "10", "--synth-size", "32", "--size", "16",
+        "--counts", "3", "3", "3", "--way", "2", "--shot", "2", "--query", "2",
+        "--eval-query", "3", "--episodes", "4", "--val-episodes", "4",
+        "--eval-episodes", "12", "--tau", "1", "learn:10", "--distance", "euclidean",
+        "--embed", "joint", "separate", "--threads", "1", "--json", str(out),
+        "--work", str(tmp_path / "w"),
+    ])  # fmt: skip
+    results = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    # the project's grid: 2 temperatures x 2 batch-norm conventions, one chosen on validation
+    assert [r["setting"] for r in results["project_grid"]] == [
+        "tau=1, euclidean, joint", "tau=1, euclidean, separate",
+        "tau=learn:10, euclidean, joint", "tau=learn:10, euclidean, separate"]
+    best = max(results["project_grid"], key=lambda r: r["val_accuracy"])
+    assert results["chosen"]["budget"] == 4
+    chosen = next(r for r in results["project_grid"] if r["setting"] ==
+                  results["chosen"]["setting"])
+    assert chosen["val_accuracy"] == best["val_accuracy"]
+    # the paired difference, recomputed from the per-episode accuracies it reports
+    ours = np.array(results["novel_episodes"]["project"])
+    theirs = np.array(results["novel_episodes"]["easyfsl"])
+    assert len(ours) == len(theirs) == 12
+    paired = results["paired"]
+    assert paired["mean_diff"] == pytest.approx(100 * (ours - theirs).mean())
+    assert paired["ci95"] == pytest.approx(
+        100 * 1.96 * (ours - theirs).std(ddof=1) / np.sqrt(12))
+    assert code == (0 if paired["bar_met"] else 1)
+    assert paired["bar_met"] == (paired["mean_diff"] + paired["ci95"] >= 0)
+    assert "paired difference, project - easyfsl, on 12 identical novel episodes" in printed
+    bar = ("bar (the project's ProtoNet no worse than easyfsl's: the paired CI not entirely "
+           "below 0): ")
+    assert (bar + "met" in printed) == paired["bar_met"]
+    assert (bar + "MISSED" in printed) != paired["bar_met"]
+
+
+def test_easyfsl_on_features_embedded_once_equals_its_per_episode_evaluation(
+    tmp_path: Path,
+) -> None:
+    from subspace_fsl.bench import accuracy
+    from subspace_fsl.data.episodes import EpisodeLoader
+    from subspace_fsl.engine.evaluate import evaluation_plan
+
+    args = accuracy.parse([
+        "--classes", "9", "--images-per-class", "10", "--synth-size", "32", "--size", "16",
+        "--counts", "3", "3", "3", "--way", "2", "--shot", "2", "--query", "2",
+        "--eval-query", "3", "--episodes", "3", "--threads", "1",
+    ])  # fmt: skip
+    data = accuracy.engine_data(args, tmp_path)
+    cfg = accuracy.project_config(args, 1.0, False, "euclidean")
+    model, _ = accuracy.train_easyfsl(cfg, data, args)
+    plan = evaluation_plan(cfg, data, "novel", episodes=15)
+    fast = accuracy.easyfsl_accuracies(model, data, plan)
+    loader, slow = EpisodeLoader(data, "cpu", augment=False), []
+    model.eval()
+    with torch.no_grad():  # easyfsl's evaluate_on_one_task: the backbone on every episode
+        for episode in plan:
+            support, query = loader(episode)
+            model.process_support_set(support, torch.as_tensor(episode.support_labels))
+            predicted = model(query).argmax(1)
+            slow.append((predicted == torch.as_tensor(episode.query_labels)).double().mean())
+    np.testing.assert_array_equal(fast, torch.stack(slow).numpy())

@@ -321,3 +321,77 @@ def test_degenerate_support_features():
     broken[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN or inf"):
         head(broken, labels, query)
+
+
+# --- the distance form (model.distance) --------------------------------------------------------
+
+
+@settings(max_examples=20, deadline=None)
+@given(ep=episodes)
+def test_euclidean_distance_is_the_root_of_the_oracles_squared_one(ep):
+    support, labels, query = episode(ep["n_way"], ep["shot"], ep["n_query"], ep["in_dim"],
+                                     ep["seed"])
+    proto = ProtoNetHead(ep["in_dim"], tau=3.0, distance="euclidean")(support, labels, query)
+    ref = oracle.protonet(support, labels, query).sqrt()
+    close(proto.distances, ref)
+    close(proto.logits, -ref / 3.0)
+    # easyfsl's PrototypicalNetworks: logits = -torch.cdist(query, class means)
+    means = torch.stack([support[labels == c].mean(0) for c in range(ep["n_way"])])
+    close(proto.distances, torch.cdist(query, means))
+    support, labels, query = episode(ep["n_way"], ep["shot"], ep["n_query"], ep["in_dim"] + 3,
+                                     ep["seed"])
+    dsn = DSNHead(ep["in_dim"] + 3, distance="euclidean")(support, labels, query)
+    squared = oracle.dsn(support, labels, query)["distances"]
+    close(dsn.distances, squared.sqrt(), scale=1e-6 * float(squared.max().sqrt()))
+
+
+def test_euclidean_gradients_stay_finite_where_a_query_is_its_prototype():
+    support, labels, _ = episode(3, 1, 0, 8, seed=1)
+    query = support.clone().requires_grad_(True)  # every query equals its class's prototype
+    for head in (ProtoNetHead(8, distance="euclidean"), DSNHead(8, distance="euclidean")):
+        out = head(support, labels, query)
+        F.cross_entropy(out.logits, labels).backward()
+        assert torch.isfinite(query.grad).all() and torch.isfinite(out.distances).all()
+        query.grad = None
+
+
+def test_a_distance_a_head_does_not_have_is_refused():
+    with pytest.raises(ValueError, match="only the squared distance"):
+        build_head("multisubspace", 16, n_subspaces=2, subspace_dim=4, distance="euclidean")
+    with pytest.raises(ValueError, match="distance must be one of"):
+        ProtoNetHead(8, distance="cosine")
+    head = build_head("dsn", 16, **{**load_config()["model"], "distance": "euclidean"})
+    assert head.distance == "euclidean"
+
+
+def test_separate_passes_give_support_and_queries_their_own_batch_statistics():
+    """model.embed: one joint backbone pass (shared batch-norm statistics) or two; in eval
+    mode (running statistics) both are the same function."""
+    from subspace_fsl.engine.model import build_model
+
+    cfg = load_config(None, ["model.head=protonet", "dataset.image_size=16"])
+    torch.manual_seed(0)
+    joint = build_model(cfg)
+    torch.manual_seed(0)
+    separate = build_model({**cfg, "model": {**cfg["model"], "embed": "separate"}})
+    assert joint.embed == "joint" and separate.embed == "separate"
+    g = torch.Generator().manual_seed(0)
+    support = torch.randn(4, 3, 16, 16, generator=g)
+    query = torch.randn(6, 3, 16, 16, generator=g) + 2.0  # other statistics than the support
+    labels = torch.tensor([0, 0, 1, 1])
+    both = joint.backbone(torch.cat([support, query]))
+    expected_separate = torch.cat([separate.backbone(support), separate.backbone(query)])
+    out_joint, out_sep = joint(support, labels, query), separate(support, labels, query)
+    ref_joint = ProtoNetHead(both.shape[1])(both[:4], labels, both[4:])
+    ref_sep = ProtoNetHead(both.shape[1])(expected_separate[:4], labels, expected_separate[4:])
+    torch.testing.assert_close(out_joint.logits, ref_joint.logits)
+    torch.testing.assert_close(out_sep.logits, ref_sep.logits)
+    assert not torch.allclose(out_joint.logits, out_sep.logits)
+    joint.eval()
+    separate.eval()
+    separate.load_state_dict(joint.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(joint(support, labels, query).logits,
+                                   separate(support, labels, query).logits)
+    with pytest.raises(ValueError, match="embed must be one of"):
+        build_model({**cfg, "model": {**cfg["model"], "embed": "twice"}})

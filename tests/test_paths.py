@@ -1,5 +1,6 @@
 """paths + grid: readable run names, one derivation of every path, the grid's runs."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,21 +15,44 @@ def test_run_name_example_from_the_contract():
     assert paths.run_name(5, 1, 4, 0.1, 0.01, 0) == "w5_k1_S4_l1-0.1_l2-0.01_seed0"
     assert paths.run_name(5, 5, 1, 0, 0.0, 2) == "w5_k5_S1_l1-0_l2-0_seed2"
     assert paths.run_name(5, 1, 2, 1e-5, 1.0, 0) == "w5_k1_S2_l1-1e-05_l2-1_seed0"
+    # temperature and distance: only when not the default (tau = 1 fixed, squared)
+    assert paths.run_name(5, 5, 1, 0, 0, 0, 10, False, "euclidean") == (
+        "w5_k5_S1_l1-0_l2-0_t10_deuc_seed0")
+    assert paths.run_name(5, 1, 1, 0, 0.03, 0, 1, True) == "w5_k1_S1_l1-0_l2-0.03_tlearn_seed0"
+    assert paths.run_name(5, 1, 1, 0, 0, 3, 10, True) == "w5_k1_S1_l1-0_l2-0_tlearn10_seed3"
+    assert paths.run_name(5, 1, 4, 0, 0, 0, 0.25) == "w5_k1_S4_l1-0_l2-0_t0.25_seed0"
+    assert paths.run_name(5, 5, 1, 0, 0, 0, 1, False, "euclidean", "separate") == (
+        "w5_k5_S1_l1-0_l2-0_deuc_esep_seed0")
 
 
 lambdas = st.one_of(st.sampled_from([0, 0.03, 0.1, 0.3, 1, 1e-5, 2.5]),
                     st.floats(0, 100, allow_nan=False, allow_infinity=False))
 
 
+taus = st.one_of(st.sampled_from([1, 0.1, 10, 100, 1e-3, 2.5]),
+                 st.floats(1e-6, 1e6, allow_nan=False, allow_infinity=False))
+
+
 @given(st.integers(2, 50), st.integers(1, 50), st.integers(1, 64), lambdas, lambdas,
-       st.integers(-5, 10_000))
-def test_run_name_round_trip(way, shot, s, l1, l2, seed):
-    key = paths.parse_run_name(paths.run_name(way, shot, s, l1, l2, seed))
-    assert key == (way, shot, s, float(l1), float(l2), seed)
+       st.integers(-5, 10_000), taus, st.booleans(), st.sampled_from(["squared", "euclidean"]),
+       st.sampled_from(["joint", "separate"]))
+def test_run_name_round_trip(way, shot, s, l1, l2, seed, tau, learn, distance, embed):
+    name = paths.run_name(way, shot, s, l1, l2, seed, tau, learn, distance, embed)
+    key = paths.parse_run_name(name)
+    assert key == (way, shot, s, float(l1), float(l2), seed, float(tau), learn, distance, embed)
+    assert re.fullmatch(paths.RUN_WILDCARD, name)  # the workflow's wildcard accepts it
 
 
 @pytest.mark.parametrize("bad", ["w5_k1_S4_seed0", "x5_k1_S4_l1-0_l2-0_seed0", "",
-                                 "w5_k1_S4_l1-0_l2-0_seed0/..", "w5_k1_S4_l1-a_l2-0_seed0"])
+                                 "w5_k1_S4_l1-0_l2-0_seed0/..", "w5_k1_S4_l1-a_l2-0_seed0",
+                                 # one spelling per setting: these name existing runs
+                                 "w5_k1_S4_l1-0_l2-0_t1_seed0", "w5_k1_S4_l1-0.10_l2-0_seed0",
+                                 "w5_k1_S4_l1-0_l2-0_t_seed0", "w5_k1_S4_l1-0_l2-0_tlearn1_seed0",
+                                 # out of range / unknown codes
+                                 "w5_k1_S4_l1-0_l2-0_t0_seed0", "w5_k1_S4_l1-0_l2-0_dsq_seed0",
+                                 "w5_k1_S4_l1-0_l2-0_deuc_t10_seed0",
+                                 "w5_k1_S4_l1-0_l2-0_ejoint_seed0",
+                                 "w5_k1_S4_l1-0_l2-0_esep_deuc_seed0"])
 def test_parse_rejects(bad):
     with pytest.raises(ValueError, match="run name"):
         paths.parse_run_name(bad)
@@ -61,7 +85,8 @@ def test_explicit_dataset_root(tmp_path):
 
 def _grid_cfg(**extra):
     overrides = ["grid.way=[5]", "grid.shot=[1, 5]", "grid.n_subspaces=[1, 4]",
-                 "grid.lambda1=[0, 0.3]", "grid.lambda2=[0.1]", "grid.seeds=[0, 1]"]
+                 "grid.lambda1=[0, 0.3]", "grid.lambda2=[0.1]", "grid.seeds=[0, 1]",
+                 "grid.tau=[1]"]
     return load_config(overrides=overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -72,7 +97,8 @@ def test_grid_counts_and_names():
     assert {r.method for r in method} == {"multisubspace"}
     assert "w5_k5_S4_l1-0.3_l2-0.1_seed1" in {r.name for r in method}
     baselines = grid.baseline_runs(cfg)
-    assert len(baselines) == 3 * 2 * 2  # three default baselines x shots x seeds
+    # the default baselines' own grids (tau x distance x embed: 4x2x2, 4x2x2, 2) x shots x seeds
+    assert len(baselines) == (16 + 16 + 2) * 2 * 2
     names = {(r.method, r.name) for r in baselines}
     assert ("protonet", "w5_k1_S1_l1-0_l2-0_seed0") in names
     assert ("dsn", "w5_k5_S1_l1-0_l2-0.03_seed1") in names
@@ -92,6 +118,34 @@ def test_run_config_fills_the_cell():
     assert cfg["model"]["head"] == "multisubspace"  # the input is not modified
     with pytest.raises(ValueError, match="unknown method"):
         grid.run_config(cfg, "nope", "w5_k1_S1_l1-0_l2-0_seed0")
+
+
+def test_baseline_grids_expand_and_fill_the_run_settings():
+    cfg = _grid_cfg(**{"grid.tau": "[1, learn]", "grid.baselines":
+                       "{protonet: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0,"
+                       " grid: {tau: [1, 10, 'learn:10'], distance: [squared, euclidean],"
+                       " embed: [separate]}},"
+                       " plain: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0}}"})
+    assert len(grid.method_runs(cfg)) == 2 * 2 * 2 * 1 * 2 * 2  # ... x tau x seeds
+    assert grid.budget(cfg, "multisubspace") == 2 * 2 * 1 * 2
+    proto = {r.name for r in grid.baseline_runs(cfg) if r.method == "protonet"}
+    assert len(proto) == 2 * 3 * 2 * 2 and grid.budget(cfg, "protonet") == 6
+    assert "w5_k1_S1_l1-0_l2-0_tlearn10_deuc_esep_seed1" in proto
+    plain = {r.name for r in grid.baseline_runs(cfg) if r.method == "plain"}
+    assert plain == {f"w5_k{k}_S1_l1-0_l2-0_seed{s}" for k in (1, 5) for s in (0, 1)}
+    assert grid.budget(cfg, "plain") == 1
+    run = grid.run_config(cfg, "protonet", "w5_k1_S1_l1-0_l2-0_tlearn10_deuc_esep_seed1")
+    assert (run["model"]["tau"], run["model"]["learn_tau"], run["model"]["distance"],
+            run["model"]["embed"]) == (10.0, True, "euclidean", "separate")
+    ours = grid.run_config(cfg, "multisubspace", "w5_k5_S4_l1-0.3_l2-0.1_tlearn_seed0")
+    assert (ours["model"]["tau"], ours["model"]["learn_tau"]) == (1.0, True)
+    assert ours["model"]["distance"] == "squared" and ours["model"]["embed"] == "joint"
+
+
+def test_a_temperature_named_twice_is_refused():
+    cfg = _grid_cfg(**{"grid.tau": "[learn, 'learn:1']"})
+    with pytest.raises(ValueError, match=r"grid.tau=.*twice"):
+        grid.all_runs(cfg)
 
 
 def test_baseline_may_not_shadow_the_method():

@@ -20,21 +20,29 @@ def _cfg(tmp_path, seeds=(0,)):
         "dataset.name=fab",
         "grid.way=[5]", "grid.shot=[1, 5]", "grid.n_subspaces=[1, 4]",
         "grid.lambda1=[0, 0.3]", "grid.lambda2=[0, 0.1]", f"grid.seeds={list(seeds)}",
-        "grid.baselines={protonet: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0},"
-        " dsn: {head: dsn, n_subspaces: 1, lambda1: 0, lambda2: 0.03}}",
+        "grid.tau=[1, 4]",
+        "grid.baselines={protonet: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0,"
+        " grid: {tau: [1, 10], distance: [squared, euclidean]}},"
+        " dsn: {head: dsn, n_subspaces: 1, lambda1: 0, lambda2: 0.03,"
+        " grid: {tau: [1, 'learn:10']}}}",
         f"eval.episodes={EPISODES}",
     ])
 
 
 def _true_accuracy(run: grid.Run, split: str) -> float:
     """Designed so that validation prefers lambda1=0.3, lambda2=0 at S=4 while the novel
-    split would prefer lambda2=0.1: selection must follow validation only."""
+    split would prefer lambda2=0.1: selection must follow validation only. Likewise the
+    method's validation prefers tau = 1, ProtoNet's tau = 10 with the plain Euclidean
+    distance (novel: tau = 1, squared) and DSN's the learned tau (novel: the fixed one)."""
     k = run.key
     if run.method == "protonet":
-        return 0.50
+        if split == "val":
+            return 0.50 + 0.06 * (k.tau == 10 and k.distance == "euclidean")
+        return 0.50 + 0.06 * (k.tau == 1 and k.distance == "squared")
     if run.method == "dsn":
-        return 0.55
+        return 0.55 + (0.05 if split == "val" else -0.05) * k.learn_tau
     acc = 0.52 + 0.02 * (k.n_subspaces == 4) + 0.01 * (k.shot == 5)
+    acc -= (0.03 if split == "val" else -0.03) * (k.tau == 4)
     if split == "val":
         acc += 0.05 * (k.lambda1 == 0.3) + 0.01 * (k.lambda2 == 0.1) * (k.n_subspaces == 1)
         acc -= 0.04 * (k.lambda2 == 0.1) * (k.n_subspaces == 4)
@@ -73,8 +81,11 @@ def fabricated(tmp_path):
 
 def test_selection_uses_validation_only(fabricated):
     path = selection.run_selection(fabricated)
-    chosen = selection.read_selection(path)
+    table = selection.read_selection(path)
+    assert list(table["method"].unique()) == ["multisubspace", "protonet", "dsn"]
+    chosen = table[table["method"] == "multisubspace"]
     assert len(chosen) == 4  # 2 shots x 2 S
+    assert (chosen["tau"] == 1).all() and not chosen["learn_tau"].any()  # novel prefers 4
     s4 = chosen[chosen["n_subspaces"] == 4]
     assert (s4["lambda1"] == 0.3).all() and (s4["lambda2"] == 0).all()  # novel prefers 0.1
     s1 = chosen[chosen["n_subspaces"] == 1]
@@ -84,11 +95,45 @@ def test_selection_uses_validation_only(fabricated):
         assert group["best_s"].sum() == 1
         assert group.loc[group["best_s"], "val_accuracy"].item() == group["val_accuracy"].max()
     assert set(chosen["n_seeds"]) == {2}
+    assert set(chosen["budget"]) == {2 * 2 * 2 * 2}  # S x lambda1 x lambda2 x tau
+    # each baseline: one chosen row per shot, on validation only, with its own budget
+    proto = table[table["method"] == "protonet"]
+    assert len(proto) == 2 and proto["best_s"].all() and set(proto["budget"]) == {4}
+    assert (proto["tau"] == 10).all() and (proto["distance"] == "euclidean").all()
+    dsn = table[table["method"] == "dsn"]
+    assert dsn["learn_tau"].all() and (dsn["tau"] == 10).all() and set(dsn["budget"]) == {2}
+
+
+def _tied(**settings) -> list[dict]:
+    base = {"method": "m", "split": "val", "way": 5, "shot": 1, "n_subspaces": 1,
+            "lambda1": 0.0, "lambda2": 0.0, "tau": 1.0, "learn_tau": False,
+            "distance": "squared", "embed": "joint", "seed": 0, "accuracy": 0.5}
+    keys = list(settings)
+    import itertools
+    return [{**base, **dict(zip(keys, values, strict=True)), "episode": e}
+            for values in itertools.product(*settings.values()) for e in range(3)]
+
+
+@pytest.mark.parametrize(("settings", "simplest"), [
+    ({"tau": [10.0, 0.1, 1.0]}, {"tau": 1.0}),
+    ({"tau": [10.0, 0.2]}, {"tau": 0.2}),          # closer to 1 in log scale
+    ({"tau": [1.0, 10.0], "learn_tau": [True, False]}, {"tau": 1.0, "learn_tau": False}),
+    ({"distance": ["euclidean", "squared"]}, {"distance": "squared"}),
+    ({"embed": ["separate", "joint"]}, {"embed": "joint"}),
+    ({"n_subspaces": [4, 2]}, {"n_subspaces": 2}),
+])
+def test_selection_ties_go_to_the_simpler_setting(settings, simplest):
+    chosen = selection.select(pd.DataFrame(_tied(**settings)), "m")
+    best = chosen[chosen["best_s"]].iloc[0]
+    for key, value in simplest.items():
+        assert best[key] == value, (key, best.to_dict())
 
 
 def test_selection_ties_go_to_smaller_lambdas():
     rows = [{"method": "m", "split": "val", "way": 5, "shot": 1, "n_subspaces": 2,
-             "lambda1": l1, "lambda2": l2, "seed": 0, "episode": e, "accuracy": 0.5}
+             "lambda1": l1, "lambda2": l2, "tau": 1.0, "learn_tau": False,
+             "distance": "squared", "embed": "joint", "seed": 0, "episode": e,
+             "accuracy": 0.5}
             for l1 in (0.3, 0.0) for l2 in (0.1, 0.0) for e in range(3)]
     chosen = selection.select(pd.DataFrame(rows), "m")
     assert chosen[["lambda1", "lambda2"]].iloc[0].tolist() == [0.0, 0.0]
@@ -116,8 +161,19 @@ def test_every_table_in_every_format(fabricated):
     ours = main[main["method"] == "multisubspace"]
     assert (ours["lambda1"] == 0.3).all() and (ours["n_subspaces"] == 4).all()
     assert (ours["n_seeds"] == 2).all() and ours["seed_sd"].notna().all()
+    assert (main["chosen_on"] == "validation").all()
+    budgets = main.groupby("method")["budget"].first().to_dict()
+    assert budgets == {"multisubspace": 16, "protonet": 4, "dsn": 2}
+    proto = main[main["method"] == "protonet"]
+    assert (proto["tau"] == 10).all() and (proto["distance"] == "euclidean").all()
     md = (out / "main.md").read_text()
     assert "| multisubspace |" in md and "5-way 1-shot" in md and "5-way 5-shot" in md
+    # each method's chosen settings and its selection budget, in the table itself
+    assert "| protonet: chosen on validation | τ=10, euclidean distance (best of 4 on " in md
+    assert "| dsn: chosen on validation | τ learned (from 10) (best of 2 on validation)" in md
+    assert "S=4, λ1=0.3, λ2=0, τ=1 (best of 16 on validation)" in md
+    paired_md = (out / "paired.md").read_text()
+    assert "τ=10, euclidean distance (best of 4 on validation)" in paired_md
     assert "(sd " in md  # seed spread next to the episode CI
 
     lam = pd.read_csv(out / "lambdas.csv")
@@ -136,8 +192,10 @@ def test_main_table_numbers_by_hand(fabricated):
     report.write_tables(fabricated)
     main = pd.read_csv(paths.tables_dir(fabricated) / "main.csv")
     row = main[(main["method"] == "protonet") & (main["shot"] == 1)].iloc[0]
+    # protonet at its validation choice (tau 10, euclidean), not at a fixed setting
     seeds = [pd.read_csv(paths.eval_dir(fabricated, "protonet", "novel",
-                                        paths.run_name(5, 1, 1, 0, 0, s)) / "episodes.csv")
+                                        paths.run_name(5, 1, 1, 0, 0, s, 10, False,
+                                                       "euclidean")) / "episodes.csv")
              ["accuracy"].to_numpy() for s in (0, 1)]
     per_episode = (seeds[0] + seeds[1]) / 2
     assert row["mean"] == pytest.approx(100 * per_episode.mean())
@@ -160,10 +218,11 @@ def test_paired_table_against_scipy(fabricated):
                         ["accuracy"].to_numpy() for s in (0, 1)], axis=0)
 
     ours = episodes("multisubspace", "w5_k5_S4_l1-0.3_l2-0_seed{seed}")
-    theirs = episodes("dsn", "w5_k5_S1_l1-0_l2-0.03_seed{seed}")
+    theirs = episodes("dsn", "w5_k5_S1_l1-0_l2-0.03_tlearn10_seed{seed}")
     assert row["mean_diff"] == pytest.approx(100 * (ours - theirs).mean())
     assert row["p_wilcoxon"] == pytest.approx(sps.wilcoxon(ours - theirs).pvalue)
     assert row["p_ttest"] == pytest.approx(sps.ttest_rel(ours, theirs).pvalue)
+    assert row["baseline_learn_tau"] and row["baseline_budget"] == 2 and row["budget"] == 16
     raw = np.sort(paired["p_wilcoxon"].to_numpy())
     holm = np.sort(paired["p_wilcoxon_holm"].to_numpy())
     assert holm[0] == pytest.approx(min(1.0, 4 * raw[0]))

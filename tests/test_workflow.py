@@ -63,7 +63,8 @@ TINY = {k: v for k, v in yaml.safe_load((REPO / ".test" / "config.yaml").read_te
         if k not in ("results_dir", "data_dir")}
 RUN_NAMES = {("multisubspace", "w3_k1_S2_l1-0.1_l2-0_seed0"),
              ("multisubspace", "w3_k1_S2_l1-0.1_l2-0.1_seed0"),
-             ("protonet", "w3_k1_S1_l1-0_l2-0_seed0")}
+             ("protonet", "w3_k1_S1_l1-0_l2-0_seed0"),
+             ("protonet", "w3_k1_S1_l1-0_l2-0_t10_seed0")}
 
 
 def _write_config(tmp: Path, settings: dict, name: str = "tiny.yaml") -> Path:
@@ -240,8 +241,8 @@ def test_end_to_end_tiny_grid(tmp_path):
     cfg = load_config(config)
     proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
     counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["train"] == 3 and counts["evaluate"] == 6 and counts["init_tracking"] == 1
-    assert counts["pretrain"] == 1  # one pre-training shared by the three runs
+    assert counts["train"] == 4 and counts["evaluate"] == 8 and counts["init_tracking"] == 1
+    assert counts["pretrain"] == 1  # one pre-training shared by the four runs
 
     # the pre-trained backbone, and every run started from it
     pretrained = load_checkpoint(paths.pretrained_backbone(cfg))
@@ -273,7 +274,18 @@ def test_end_to_end_tiny_grid(tmp_path):
     val = {l2: pd.read_csv(paths.eval_dir(cfg, "multisubspace", "val",
                                           paths.run_name(3, 1, 2, 0.1, l2, 0))
                            / "episodes.csv")["accuracy"].mean() for l2 in (0, 0.1)}
-    assert selection["lambda2"].item() == (0.1 if val[0.1] > val[0] else 0)
+    ours = selection[selection["method"] == "multisubspace"]
+    assert ours["lambda2"].item() == (0.1 if val[0.1] > val[0] else 0)
+    # the baseline's temperature, chosen on validation by the same rule (ties: tau = 1)
+    proto_val = {tau: pd.read_csv(paths.eval_dir(cfg, "protonet", "val",
+                                                 paths.run_name(3, 1, 1, 0, 0, 0, tau))
+                                  / "episodes.csv")["accuracy"].mean() for tau in (1, 10)}
+    proto = selection[selection["method"] == "protonet"]
+    assert proto["tau"].item() == (10 if proto_val[10] > proto_val[1] else 1)
+    assert proto["budget"].item() == 2 and ours["budget"].item() == 2
+    chosen_tau = paths.format_number(proto["tau"].item())
+    assert f"| protonet: chosen on validation | τ={chosen_tau} (best of 2 on validation) |" in md
+    assert main.loc[main["method"] == "protonet", "tau"].item() == proto["tau"].item()
 
     # every plot
     plots = paths.plots_dir(cfg)
@@ -344,4 +356,6 @@ def test_end_to_end_tiny_grid(tmp_path):
     dry = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
     assert job_counts(dry.stdout + dry.stderr) == {"train": 1, "evaluate": 2, **report_jobs}
     assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
+    assert "protonet/w3_k1_S1_l1-0_l2-0_t10_seed0/best.pt" not in re.sub(
+        r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)

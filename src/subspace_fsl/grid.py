@@ -2,9 +2,15 @@
 
 A run is a ``(method, run name)`` pair. The method is ``model.head`` (the patent's method,
 ``multisubspace`` by default) trained at every ``way x shot x n_subspaces x lambda1 x lambda2 x
-seed`` cell of the ``grid`` section, or a baseline from ``grid.baselines`` (its own head, S and
-lambdas) trained at every ``way x shot x seed``. Every run of a data set uses the same episode
-seeds, so all models see identical training and evaluation episodes.
+tau x seed`` cell of the ``grid`` section, or a baseline from ``grid.baselines`` (its own head,
+S and lambdas) trained at every ``way x shot x tau x distance x seed`` cell of its own
+``grid`` (``grid.baselines.<name>.grid.tau`` / ``.distance``). Every method thus gets a
+validation grid over the settings that matter to it, and :func:`budget` counts it. Every run
+of a data set uses the same episode seeds, so all models see identical training and
+evaluation episodes.
+
+A temperature grid value is a number (fixed tau), ``"learn"`` (tau learned from 1) or
+``"learn:<tau0>"`` (learned from tau0); see :func:`tau_setting`.
 """
 
 from __future__ import annotations
@@ -46,43 +52,91 @@ def baseline_names(cfg: Mapping[str, Any]) -> list[str]:
 def _check(cfg: Mapping[str, Any]) -> None:
     if method_name(cfg) in cfg["grid"]["baselines"]:
         raise ValueError(f"grid.baselines may not reuse the method's name {method_name(cfg)!r}")
+    taus = {"grid.tau": cfg["grid"]["tau"]}
+    for name, entry in cfg["grid"]["baselines"].items():
+        if "tau" in (entry.get("grid") or {}):
+            taus[f"grid.baselines.{name}.grid.tau"] = entry["grid"]["tau"]
+    for key, values in taus.items():
+        settings = [tau_setting(v) for v in values]
+        if len(set(settings)) != len(settings):
+            raise ValueError(f"{key}={list(values)!r} names one temperature twice")
+
+
+def tau_setting(value: float | str) -> tuple[float, bool]:
+    """A temperature grid value -> ``(tau, learn_tau)``: ``10 -> (10.0, False)``,
+    ``"learn" -> (1.0, True)``, ``"learn:10" -> (10.0, True)``."""
+    if isinstance(value, str):
+        head, _, initial = value.partition(":")
+        if head != "learn":
+            raise ValueError(f"a tau grid value is a number, 'learn' or 'learn:<tau0>'; "
+                             f"got {value!r}")
+        tau = float(initial) if initial else paths.DEFAULT_TAU
+        learn = True
+    else:
+        tau, learn = float(value), False
+    if not tau > 0:
+        raise ValueError(f"tau must be positive, got {value!r}")
+    return tau, learn
 
 
 def baseline_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
-    """A baseline's head, S and lambdas (what its mapping sets, else the method's settings)."""
+    """A baseline's head, S and lambdas (what its mapping sets, else the method's settings)
+    and its validation grid: ``tau`` (default ``[1]``) and ``distance`` (``["squared"]``)."""
     entry = cfg["grid"]["baselines"][name]
+    own = entry.get("grid") or {}
     return {
         "head": entry["head"],
         "n_subspaces": entry.get("n_subspaces", cfg["model"]["n_subspaces"]),
         "subspace_dim": entry.get("subspace_dim", cfg["model"]["subspace_dim"]),
         "lambda1": entry.get("lambda1", cfg["train"]["lambda1"]),
         "lambda2": entry.get("lambda2", cfg["train"]["lambda2"]),
+        "tau": list(own.get("tau", [paths.DEFAULT_TAU])),
+        "distance": list(own.get("distance", ["squared"])),
+        "embed": list(own.get("embed", ["joint"])),
     }
 
 
 def method_runs(cfg: Mapping[str, Any]) -> list[Run]:
-    """Every grid cell and seed of the method."""
+    """Every grid cell and seed of the method (the squared distance, grid.tau)."""
     _check(cfg)
     g = cfg["grid"]
     method = method_name(cfg)
     return [
-        Run(method, paths.run_name(w, k, s, l1, l2, seed))
-        for w, k, s, l1, l2, seed in itertools.product(
-            g["way"], g["shot"], g["n_subspaces"], g["lambda1"], g["lambda2"], g["seeds"])
+        Run(method, paths.run_name(w, k, s, l1, l2, seed, *tau_setting(t), "squared", e))
+        for w, k, s, l1, l2, t, e, seed in itertools.product(
+            g["way"], g["shot"], g["n_subspaces"], g["lambda1"], g["lambda2"], g["tau"],
+            g["embed"], g["seeds"])
     ]
 
 
 def baseline_runs(cfg: Mapping[str, Any]) -> list[Run]:
-    """Every baseline at every (way, shot, seed) of the grid."""
+    """Every baseline at every (way, shot, tau, distance, seed) of its grid."""
     _check(cfg)
     g = cfg["grid"]
     runs = []
     for name in baseline_names(cfg):
         b = baseline_settings(cfg, name)
-        for w, k, seed in itertools.product(g["way"], g["shot"], g["seeds"]):
+        for w, k, t, dist, e, seed in itertools.product(g["way"], g["shot"], b["tau"],
+                                                        b["distance"], b["embed"],
+                                                        g["seeds"]):
             runs.append(Run(name, paths.run_name(w, k, b["n_subspaces"], b["lambda1"],
-                                                 b["lambda2"], seed)))
+                                                 b["lambda2"], seed, *tau_setting(t), dist,
+                                                 e)))
     return runs
+
+
+def budget(cfg: Mapping[str, Any], method: str) -> int:
+    """How many configurations ``method`` compares on validation per (way, shot) (seeds are
+    replicates of one configuration, not extra choices)."""
+    g = cfg["grid"]
+    if method == method_name(cfg):
+        return (len(g["n_subspaces"]) * len(g["lambda1"]) * len(g["lambda2"]) * len(g["tau"])
+                * len(g["embed"]))
+    if method in g["baselines"]:
+        b = baseline_settings(cfg, method)
+        return len(b["tau"]) * len(b["distance"]) * len(b["embed"])
+    raise ValueError(f"unknown method {method!r}; the grid has "
+                     f"{', '.join([method_name(cfg), *baseline_names(cfg)])}")
 
 
 def all_runs(cfg: Mapping[str, Any]) -> list[Run]:
@@ -90,8 +144,9 @@ def all_runs(cfg: Mapping[str, Any]) -> list[Run]:
 
 
 def run_config(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
-    """The complete settings of one run: ``cfg`` with the run's head, way, shot, S, lambdas
-    and training seed filled in (the evaluation seed stays shared)."""
+    """The complete settings of one run: ``cfg`` with the run's head, way, shot, S, lambdas,
+    temperature (tau, learn_tau), distance and training seed filled in (the evaluation seed
+    stays shared)."""
     _check(cfg)
     key = paths.parse_run_name(name)
     out = copy.deepcopy(dict(cfg))
@@ -104,7 +159,8 @@ def run_config(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]
         raise ValueError(f"unknown method {method!r}; the grid has "
                          f"{', '.join([method_name(cfg), *baseline_names(cfg)])}")
     out["model"] = {**out["model"], "head": head, "n_subspaces": key.n_subspaces,
-                    "subspace_dim": subspace_dim}
+                    "subspace_dim": subspace_dim, "tau": key.tau, "learn_tau": key.learn_tau,
+                    "distance": key.distance, "embed": key.embed}
     out["train"] = {**out["train"], "way": key.way, "shot": key.shot, "lambda1": key.lambda1,
                     "lambda2": key.lambda2, "seed": key.seed}
     return out

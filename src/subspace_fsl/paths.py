@@ -10,7 +10,17 @@ Layout below ``results_dir`` (``{d}`` = ``dataset.name``)::
     selection/{d}.csv                  lambdas (and S) chosen on the validation split
     tables/{d}/  plots/{d}/            the report
 
-``{run}`` is :func:`run_name`, e.g. ``w5_k1_S4_l1-0.1_l2-0.01_seed0``.
+``{run}`` is :func:`run_name`, e.g. ``w5_k1_S4_l1-0.1_l2-0.01_seed0``. Settings that are at
+their default are left out of the name, so names stay short and every name made before these
+dimensions existed still means the same run: a fixed temperature other than 1 adds ``_t10``,
+a learned one ``_tlearn`` (initial tau 1) or ``_tlearn10`` (initial tau 10), the plain
+Euclidean distance adds ``_deuc`` (the squared distance is the default), training with
+separate support / query backbone passes adds ``_esep`` (one joint pass is the default)::
+
+    w5_k5_S1_l1-0_l2-0_t10_deuc_seed0     tau = 10 fixed, logits = -||q - c|| / 10
+    w5_k1_S1_l1-0_l2-0.03_tlearn10_seed0  tau learned from 10, squared distance
+
+Each setting has exactly one name (:func:`parse_run_name` rejects ``_t1``, ``l1-0.10``, ...).
 """
 
 from __future__ import annotations
@@ -22,14 +32,30 @@ from typing import Any, NamedTuple
 
 SPLITS = ("val", "novel")
 
+#: distance form -> its run-name code ("" = the default, left out of the name)
+DISTANCE_CODES = {"squared": "", "euclidean": "euc"}
+#: training batch-norm convention (model.embed) -> its run-name code
+EMBED_CODES = {"joint": "", "separate": "sep"}
+DEFAULT_TAU = 1.0
+
+_NUMBER = r"[0-9][0-9.e+-]*"
+#: the run-name pattern without named groups (Snakemake's ``run`` wildcard constraint)
+RUN_WILDCARD = (rf"w\d+_k\d+_S\d+_l1-{_NUMBER}_l2-{_NUMBER}(?:_t(?:learn)?(?:{_NUMBER})?)?"
+                rf"(?:_d(?:{'|'.join(c for c in DISTANCE_CODES.values() if c)}))?"
+                rf"(?:_e(?:{'|'.join(c for c in EMBED_CODES.values() if c)}))?_seed-?\d+")
 _RUN_RE = re.compile(
     r"^w(?P<way>\d+)_k(?P<shot>\d+)_S(?P<n_subspaces>\d+)"
-    r"_l1-(?P<lambda1>[0-9.e+-]+?)_l2-(?P<lambda2>[0-9.e+-]+?)_seed(?P<seed>-?\d+)$"
+    rf"_l1-(?P<lambda1>{_NUMBER}?)_l2-(?P<lambda2>{_NUMBER}?)"
+    rf"(?:_t(?P<learn>learn)?(?P<tau>{_NUMBER})?)?(?:_d(?P<distance>[a-z]+))?"
+    r"(?:_e(?P<embed>[a-z]+))?"
+    r"_seed(?P<seed>-?\d+)$"
 )
 
 
 class RunKey(NamedTuple):
-    """The grid coordinates of one training run (what its name encodes)."""
+    """The grid coordinates of one training run (what its name encodes). The fields after
+    ``seed`` were added later and have defaults, so ``RunKey(w, k, S, l1, l2, seed)`` still
+    works; ``tau`` is the (initial, with ``learn_tau``) temperature."""
 
     way: int
     shot: int
@@ -37,6 +63,10 @@ class RunKey(NamedTuple):
     lambda1: float
     lambda2: float
     seed: int
+    tau: float = DEFAULT_TAU
+    learn_tau: bool = False
+    distance: str = "squared"
+    embed: str = "joint"
 
 
 def format_number(value: float) -> str:
@@ -47,28 +77,69 @@ def format_number(value: float) -> str:
     return format(number, "g") if float(format(number, "g")) == number else repr(number)
 
 
+def tau_code(tau: float, learn_tau: bool) -> str:
+    """The temperature's part of a run name: "" (fixed 1), "10", "learn", "learn10"."""
+    value = float(tau)
+    if not (value > 0 and value < float("inf")):
+        raise ValueError(f"tau must be a positive finite number, got {tau!r}")
+    number = "" if value == DEFAULT_TAU else format_number(value)
+    return f"learn{number}" if learn_tau else number
+
+
 def run_name(way: int, shot: int, n_subspaces: int, lambda1: float, lambda2: float,
-             seed: int) -> str:
-    """``run_name(5, 1, 4, 0.1, 0.01, 0) == "w5_k1_S4_l1-0.1_l2-0.01_seed0"``."""
+             seed: int, tau: float = DEFAULT_TAU, learn_tau: bool = False,
+             distance: str = "squared", embed: str = "joint") -> str:
+    """``run_name(5, 1, 4, 0.1, 0.01, 0) == "w5_k1_S4_l1-0.1_l2-0.01_seed0"``;
+    ``run_name(5, 5, 1, 0, 0, 0, tau=10, distance="euclidean")
+    == "w5_k5_S1_l1-0_l2-0_t10_deuc_seed0"``."""
+    if distance not in DISTANCE_CODES:
+        raise ValueError(f"distance must be one of {list(DISTANCE_CODES)}, got {distance!r}")
+    if embed not in EMBED_CODES:
+        raise ValueError(f"embed must be one of {list(EMBED_CODES)}, got {embed!r}")
+    t = tau_code(tau, bool(learn_tau))
+    d, e = DISTANCE_CODES[distance], EMBED_CODES[embed]
     return (f"w{int(way)}_k{int(shot)}_S{int(n_subspaces)}"
-            f"_l1-{format_number(lambda1)}_l2-{format_number(lambda2)}_seed{int(seed)}")
+            f"_l1-{format_number(lambda1)}_l2-{format_number(lambda2)}"
+            f"{f'_t{t}' if t else ''}{f'_d{d}' if d else ''}{f'_e{e}' if e else ''}"
+            f"_seed{int(seed)}")
 
 
 def parse_run_name(name: str) -> RunKey:
-    """Inverse of :func:`run_name`; ``ValueError`` for anything else."""
+    """Inverse of :func:`run_name`; ``ValueError`` for anything else, including a
+    non-canonical spelling of a valid setting (``_t1``, ``l1-0.10``): one name per run."""
     match = _RUN_RE.match(name)
     if match is None:
-        raise ValueError(f"{name!r} is not a run name like 'w5_k1_S4_l1-0.1_l2-0.01_seed0'")
+        raise ValueError(f"{name!r} is not a run name like 'w5_k1_S4_l1-0.1_l2-0.01_seed0' "
+                         "(optionally _t10 / _tlearn / _tlearn10 and _deuc before _seed)")
     g = match.groupdict()
-    return RunKey(int(g["way"]), int(g["shot"]), int(g["n_subspaces"]),
-                  float(g["lambda1"]), float(g["lambda2"]), int(g["seed"]))
+    codes = {code: form for form, code in DISTANCE_CODES.items()}
+    embeds = {code: form for form, code in EMBED_CODES.items()}
+    if g["distance"] is not None and g["distance"] not in codes:
+        raise ValueError(f"{name!r} is not a run name: unknown distance code "
+                         f"'_d{g['distance']}' (known: _deuc)")
+    if g["embed"] is not None and g["embed"] not in embeds:
+        raise ValueError(f"{name!r} is not a run name: unknown embed code "
+                         f"'_e{g['embed']}' (known: _esep)")
+    try:
+        key = RunKey(int(g["way"]), int(g["shot"]), int(g["n_subspaces"]),
+                     float(g["lambda1"]), float(g["lambda2"]), int(g["seed"]),
+                     float(g["tau"]) if g["tau"] is not None else DEFAULT_TAU,
+                     g["learn"] is not None, codes[g["distance"] or ""],
+                     embeds[g["embed"] or ""])
+        canonical = run_name(*key)
+    except ValueError:
+        raise ValueError(f"{name!r} is not a run name: a number does not parse") from None
+    if canonical != name:
+        raise ValueError(f"{name!r} is not a run name in its one spelling {canonical!r}")
+    return key
 
 
 def run_name_of(cfg: Mapping[str, Any]) -> str:
     """The run name of the configuration's own train/model settings."""
     train, model = cfg["train"], cfg["model"]
     return run_name(train["way"], train["shot"], model["n_subspaces"], train["lambda1"],
-                    train["lambda2"], train["seed"])
+                    train["lambda2"], train["seed"], model["tau"], model["learn_tau"],
+                    model.get("distance", "squared"), model.get("embed", "joint"))
 
 
 def results_dir(cfg: Mapping[str, Any]) -> Path:

@@ -7,8 +7,9 @@ Accuracies are shown in percent: mean over the evaluation episodes +- the 95% CI
 over the seeds (all models see the same episodes) and ``sd`` is the standard deviation of the
 per-seed means.
 
-Tables (``TABLE_NAMES``): ``main`` (methods x (way, shot), novel classes, everything chosen on
-validation), ``subspaces`` (accuracy over S), ``lambdas`` (the lambda1 x lambda2 grid),
+Tables (``TABLE_NAMES``): ``main`` (methods x (way, shot), novel classes, every method at its
+validation-chosen settings, named in the table with its selection budget), ``subspaces``
+(accuracy over S), ``lambdas`` (the lambda1 x lambda2 grid),
 ``constraints`` (each constraint switched off), ``paired`` (per-episode differences of the
 method against each baseline, Wilcoxon signed-rank and paired t-test, Holm-corrected).
 Plots (``PLOT_NAMES``): ``accuracy_vs_subspaces``, ``lambda_heatmaps``, ``training_curves``.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,59 +29,30 @@ import pandas as pd
 
 from subspace_fsl import grid, paths, stats
 from subspace_fsl.config import atomic_write_text
-from subspace_fsl.selection import read_selection
+from subspace_fsl.results import (  # noqa: F401  (load_* re-exported: report.load_results)
+    CONFIG_COLUMNS,
+    EPISODES_FILE,
+    HISTORY_FILE,
+    KEY_COLUMNS,
+    load_histories,
+    load_results,
+)
+from subspace_fsl.selection import chosen, read_selection, simplicity_order
 
 TABLE_NAMES = ("main", "subspaces", "lambdas", "constraints", "paired")
 TABLE_FORMATS = ("csv", "md", "tex")
 PLOT_NAMES = ("accuracy_vs_subspaces", "lambda_heatmaps", "training_curves")
 PLOT_FORMATS = ("png", "pdf")
 
-EPISODES_FILE = "episodes.csv"
-HISTORY_FILE = "history.csv"
-KEY_COLUMNS = ["method", "way", "shot", "n_subspaces", "lambda1", "lambda2", "seed"]
-SELECTION_RULE = "lambda1, lambda2 (and S in the main table) chosen by validation accuracy only"
+SELECTION_RULE = ("every method's settings chosen by validation accuracy only, by one rule "
+                  "(the method: λ1, λ2, τ per S, then S; each baseline: its τ and distance "
+                  "form), ties to the simpler setting; budget = validation configurations "
+                  "compared per way x shot")
 PAIRED_TESTS = (f"{stats.WILCOXON} and {stats.TTEST} on per-episode accuracies, "
                 f"p-values {stats.HOLM}-corrected over all comparisons of the table")
 
 
-# --- loading ---------------------------------------------------------------------------------
-
-
-def _key_frame(run: grid.Run) -> dict[str, Any]:
-    return {"method": run.method, "run": run.name, **run.key._asdict()}
-
-
-def load_results(cfg: Mapping[str, Any], splits: Sequence[str] = paths.SPLITS,
-                 runs: Iterable[grid.Run] | None = None) -> pd.DataFrame:
-    """Long per-episode table of every run of the grid: the key columns, ``run``, ``split``,
-    ``episode`` and ``accuracy`` (a fraction). Missing evaluations raise FileNotFoundError."""
-    frames, missing = [], []
-    for run in (grid.all_runs(cfg) if runs is None else runs):
-        for split in splits:
-            path = paths.eval_dir(cfg, run.method, split, run.name) / EPISODES_FILE
-            if not path.is_file():
-                missing.append(str(path))
-                continue
-            table = pd.read_csv(path)[["episode", "accuracy"]]
-            frames.append(table.assign(split=split, **_key_frame(run)))
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
-    columns = [*KEY_COLUMNS, "run", "split", "episode", "accuracy"]
-    return pd.concat(frames, ignore_index=True)[columns]
-
-
-def load_histories(cfg: Mapping[str, Any], runs: Iterable[grid.Run] | None = None
-                   ) -> pd.DataFrame:
-    """Every run's ``history.csv`` (rows with a validation accuracy), with the key columns."""
-    frames = []
-    for run in (grid.all_runs(cfg) if runs is None else runs):
-        path = paths.run_dir(cfg, run.method, run.name) / HISTORY_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"training history missing: {path}")
-        table = pd.read_csv(path)
-        table = table[table["val_acc"].notna()][["episode", "val_acc"]]
-        frames.append(table.assign(**_key_frame(run)))
-    return pd.concat(frames, ignore_index=True)
+# --- descriptions ------------------------------------------------------------------------
 
 
 def split_description(cfg: Mapping[str, Any]) -> str:
@@ -129,15 +101,60 @@ def summarise(rows: pd.DataFrame) -> dict[str, float]:
 
 def cell_rows(results: pd.DataFrame, method: str, split: str, way: int, shot: int,
               n_subspaces: int | None = None, lambda1: float | None = None,
-              lambda2: float | None = None) -> pd.DataFrame:
+              lambda2: float | None = None, **settings: Any) -> pd.DataFrame:
+    """The rows of one method at (way, shot) whose settings (``CONFIG_COLUMNS``; None = any)
+    match: floats by ``np.isclose``, the others exactly."""
+    unknown = set(settings) - set(CONFIG_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown settings {sorted(unknown)}; known: {CONFIG_COLUMNS}")
     mask = ((results["method"] == method) & (results["split"] == split)
             & (results["way"] == way) & (results["shot"] == shot))
-    for column, value in (("n_subspaces", n_subspaces), ("lambda1", lambda1),
-                          ("lambda2", lambda2)):
-        if value is not None:
-            mask &= np.isclose(results[column], value) if column != "n_subspaces" else (
-                results[column] == value)
+    wanted = {"n_subspaces": n_subspaces, "lambda1": lambda1, "lambda2": lambda2, **settings}
+    for column, value in wanted.items():
+        if value is None:
+            continue
+        if column in ("lambda1", "lambda2", "tau"):
+            mask &= np.isclose(results[column].astype(float), float(value))
+        else:
+            mask &= results[column] == value
     return results[mask]
+
+
+def config_of(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
+    """The ``CONFIG_COLUMNS`` of a selection row, with plain Python types."""
+    return {"n_subspaces": int(row["n_subspaces"]), "lambda1": float(row["lambda1"]),
+            "lambda2": float(row["lambda2"]), "tau": float(row["tau"]),
+            "learn_tau": bool(row["learn_tau"]), "distance": str(row["distance"]),
+            "embed": str(row["embed"])}
+
+
+def tau_text(tau: float, learn_tau: bool) -> str:
+    """"τ=10", "τ learned (from 10)"."""
+    value = paths.format_number(tau)
+    return f"τ learned (from {value})" if learn_tau else f"τ={value}"
+
+
+def settings_text(cfg: Mapping[str, Any], method: str, config: Mapping[str, Any],
+                  budget: int | None = None, with_s: bool = True) -> str:
+    """What a method was run with: the grid's method "S=4, λ1=0.1, λ2=0, τ=1"; a baseline
+    the settings its grid searched, "τ=10, euclidean distance"; then "(best of 8 on
+    validation)" with the selection budget."""
+    if method == grid.method_name(cfg):
+        parts = [f"S={int(config['n_subspaces'])}"] if with_s else []
+        parts += [f"λ1={paths.format_number(config['lambda1'])}",
+                  f"λ2={paths.format_number(config['lambda2'])}",
+                  tau_text(config["tau"], bool(config["learn_tau"]))]
+        embeds = cfg["grid"]["embed"]
+    else:
+        searched = grid.baseline_settings(cfg, method)
+        parts = [tau_text(config["tau"], bool(config["learn_tau"]))]
+        if len(searched["distance"]) > 1 or config["distance"] != "squared":
+            parts.append(f"{config['distance']} distance")
+        embeds = searched["embed"]
+    if len(embeds) > 1 or config["embed"] != "joint":
+        parts.append(f"{config['embed']} passes")
+    text = ", ".join(parts)
+    return text if budget is None else f"{text} (best of {int(budget)} on validation)"
 
 
 def format_cell(summary: Mapping[str, float], latex: bool = False) -> str:
@@ -188,35 +205,28 @@ def _display_pair(rows: list[tuple[str, str, dict[str, float] | str]]
             pd.DataFrame.from_dict(tex, orient="index").fillna(""))
 
 
-def _lambda_text(l1: float, l2: float, s: int | None = None) -> str:
-    parts = [] if s is None else [f"S={s}"]
-    return ", ".join([*parts, f"λ1={paths.format_number(l1)}", f"λ2={paths.format_number(l2)}"])
-
-
 def main_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
                context: str) -> Table:
+    """Every method at its validation-chosen settings, which the table names with the
+    selection budget (validation configurations compared) next to the accuracy."""
     method = grid.method_name(cfg)
     records, cells = [], []
     for way, shot in _way_shots(cfg):
         col = way_shot_label(way, shot)
-        best = selection[(selection["way"] == way) & (selection["shot"] == shot)
-                         & selection["best_s"]].iloc[0]
-        s, l1, l2 = int(best["n_subspaces"]), float(best["lambda1"]), float(best["lambda2"])
-        summary = summarise(cell_rows(results, method, "novel", way, shot, s, l1, l2))
-        records.append({"method": method, "way": way, "shot": shot, "n_subspaces": s,
-                        "lambda1": l1, "lambda2": l2, **summary, "chosen_on": "validation"})
-        cells.append((method, col, summary))
-        cells.append((f"{method}: chosen on validation", col, _lambda_text(l1, l2, s)))
-        for name in grid.baseline_names(cfg):
-            b = grid.baseline_settings(cfg, name)
-            summary = summarise(cell_rows(results, name, "novel", way, shot))
-            records.append({"method": name, "way": way, "shot": shot,
-                            "n_subspaces": b["n_subspaces"], "lambda1": b["lambda1"],
-                            "lambda2": b["lambda2"], **summary, "chosen_on": "fixed"})
+        for name in [method, *grid.baseline_names(cfg)]:
+            row = chosen(selection, name, way, shot)
+            config = config_of(row)
+            summary = summarise(cell_rows(results, name, "novel", way, shot, **config))
+            records.append({"method": name, "way": way, "shot": shot, **config, **summary,
+                            "budget": int(row["budget"]), "chosen_on": "validation"})
             cells.append((name, col, summary))
+            cells.append((f"{name}: chosen on validation", col,
+                          settings_text(cfg, name, config, int(row["budget"]))))
     md, tex = _display_pair(cells)
-    caption = (f"Novel-class accuracy of the method ({method}; S, λ1, λ2 chosen by validation "
-               f"accuracy) and the baselines, trained on the same episodes. {context}")
+    caption = (f"Novel-class accuracy of the method ({method}) and the baselines, each at the "
+               f"settings chosen by its validation accuracy (named under it, with how many "
+               f"validation configurations it compared), all trained on the same episodes. "
+               f"{context}")
     return Table("main", caption, pd.DataFrame(records), md, tex)
 
 
@@ -224,17 +234,20 @@ def subspaces_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd
                     context: str) -> Table:
     method = grid.method_name(cfg)
     records, cells = [], []
-    for row in selection.itertuples(index=False):
-        s, l1, l2 = int(row.n_subspaces), float(row.lambda1), float(row.lambda2)
-        summary = summarise(cell_rows(results, method, "novel", row.way, row.shot, s, l1, l2))
-        records.append({"way": row.way, "shot": row.shot, "n_subspaces": s, "lambda1": l1,
-                        "lambda2": l2, "val_accuracy": 100 * row.val_accuracy, **summary})
-        col = way_shot_label(row.way, row.shot)
+    for _, row in selection[selection["method"] == method].iterrows():
+        config = config_of(row)
+        s = config["n_subspaces"]
+        summary = summarise(cell_rows(results, method, "novel", row["way"], row["shot"],
+                                      **config))
+        records.append({"way": row["way"], "shot": row["shot"], **config,
+                        "val_accuracy": 100 * row["val_accuracy"], **summary})
+        col = way_shot_label(row["way"], row["shot"])
         cells.append((f"S = {s}", col, summary))
-        cells.append((f"S = {s}: chosen on validation", col, _lambda_text(l1, l2)))
+        cells.append((f"S = {s}: chosen on validation", col,
+                      settings_text(cfg, method, config, with_s=False)))
     md, tex = _display_pair(cells)
     caption = (f"Novel-class accuracy of {method} over the number of feature subspaces S "
-               f"(λ1, λ2 chosen by validation accuracy at each S). {context}")
+               f"(λ1, λ2, τ chosen by validation accuracy at each S). {context}")
     return Table("subspaces", caption, pd.DataFrame(records), md, tex)
 
 
@@ -245,17 +258,24 @@ def lambdas_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.D
     g = cfg["grid"]
     for way, shot in _way_shots(cfg):
         for s in g["n_subspaces"]:
-            chosen = selection[(selection["way"] == way) & (selection["shot"] == shot)
+            picked = selection[(selection["method"] == method) & (selection["way"] == way)
+                               & (selection["shot"] == shot)
                                & (selection["n_subspaces"] == s)].iloc[0]
+            temperature = {"tau": float(picked["tau"]),
+                           "learn_tau": bool(picked["learn_tau"])}
+            tau_label = tau_text(**temperature)
             for l1 in g["lambda1"]:
-                row = f"{way_shot_label(way, shot)}, S={s}, λ1={paths.format_number(l1)}"
+                row = (f"{way_shot_label(way, shot)}, S={s}, {tau_label}, "
+                       f"λ1={paths.format_number(l1)}")
                 for l2 in g["lambda2"]:
-                    val = summarise(cell_rows(results, method, "val", way, shot, s, l1, l2))
-                    nov = summarise(cell_rows(results, method, "novel", way, shot, s, l1, l2))
-                    is_chosen = bool(np.isclose(chosen["lambda1"], l1)
-                                     and np.isclose(chosen["lambda2"], l2))
+                    val = summarise(cell_rows(results, method, "val", way, shot, s, l1, l2,
+                                              **temperature))
+                    nov = summarise(cell_rows(results, method, "novel", way, shot, s, l1, l2,
+                                              **temperature))
+                    is_chosen = bool(np.isclose(picked["lambda1"], l1)
+                                     and np.isclose(picked["lambda2"], l2))
                     records.append({"way": way, "shot": shot, "n_subspaces": s, "lambda1": l1,
-                                    "lambda2": l2, "val_mean": val["mean"],
+                                    "lambda2": l2, **temperature, "val_mean": val["mean"],
                                     "val_ci95": val["ci95"], "novel_mean": nov["mean"],
                                     "novel_ci95": nov["ci95"], "n_seeds": nov["n_seeds"],
                                     "chosen": is_chosen})
@@ -264,8 +284,9 @@ def lambdas_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.D
                                   f"{format_cell(nov)} [val {val['mean']:.2f}]{mark}"))
     md, tex = _display_pair(cells)
     tex = tex.map(lambda t: t.replace("*", r"$\ast$"))
-    caption = (f"{method}: novel-class accuracy over the λ1 x λ2 grid, with the validation "
-               f"accuracy in brackets; * marks the cell chosen on validation. {context}")
+    caption = (f"{method}: novel-class accuracy over the λ1 x λ2 grid at the τ chosen on "
+               f"validation for each S, with the validation accuracy in brackets; * marks the "
+               f"cell chosen on validation. {context}")
     return Table("lambdas", caption, pd.DataFrame(records), md, tex)
 
 
@@ -278,7 +299,8 @@ CONSTRAINT_VARIANTS = (
 
 
 def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: str) -> Table:
-    """Each constraint switched off: the best validation cell among those with that lambda 0."""
+    """Each constraint switched off: the best validation cell among those with that lambda 0
+    (over the other lambda and tau; ties to the simpler setting, as in the selection)."""
     from subspace_fsl.selection import cell_scores
 
     method = grid.method_name(cfg)
@@ -298,16 +320,16 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
                 if cand.empty:
                     records.append({"way": way, "shot": shot, "n_subspaces": s,
                                     "variant": label, "lambda1": math.nan,
-                                    "lambda2": math.nan, "mean": math.nan, "ci95": math.nan})
+                                    "lambda2": math.nan, "tau": math.nan, "mean": math.nan,
+                                    "ci95": math.nan})
                     cells.append((row, col, "not in grid"))
                     continue
-                best = cand.sort_values(["accuracy", "lambda1", "lambda2"],
-                                        ascending=[False, True, True]).iloc[0]
-                b1, b2 = float(best["lambda1"]), float(best["lambda2"])
-                summary = summarise(cell_rows(results, method, "novel", way, shot, s, b1, b2))
-                records.append({"way": way, "shot": shot, "n_subspaces": s, "variant": label,
-                                "lambda1": b1, "lambda2": b2, **summary})
-                cells.append((row, col, f"{format_cell(summary)} ({_lambda_text(b1, b2)})"))
+                config = config_of(simplicity_order(cand).iloc[0])
+                summary = summarise(cell_rows(results, method, "novel", way, shot, **config))
+                records.append({"way": way, "shot": shot, "variant": label, **config,
+                                **summary})
+                text = settings_text(cfg, method, config, with_s=False)
+                cells.append((row, col, f"{format_cell(summary)} ({text})"))
     md, tex = _display_pair(cells)
     caption = (f"{method} with each constraint switched off: L1 (feature-subspace diversity) "
                f"and L2 (class-subspace discrimination); the remaining lambda is chosen on "
@@ -317,21 +339,27 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
 
 def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
                  context: str) -> Table:
+    """The method minus each baseline on identical novel episodes, both at their
+    validation-chosen settings (named, with each one's selection budget)."""
     method = grid.method_name(cfg)
     records = []
     for way, shot in _way_shots(cfg):
-        best = selection[(selection["way"] == way) & (selection["shot"] == shot)
-                         & selection["best_s"]].iloc[0]
-        s, l1, l2 = int(best["n_subspaces"]), float(best["lambda1"]), float(best["lambda2"])
-        ours = paired_episodes(cell_rows(results, method, "novel", way, shot, s, l1, l2))
+        mine = chosen(selection, method, way, shot)
+        ours_config = config_of(mine)
+        ours = paired_episodes(cell_rows(results, method, "novel", way, shot, **ours_config))
         for name in grid.baseline_names(cfg):
-            theirs = paired_episodes(cell_rows(results, name, "novel", way, shot))
+            theirs_row = chosen(selection, name, way, shot)
+            theirs_config = config_of(theirs_row)
+            theirs = paired_episodes(cell_rows(results, name, "novel", way, shot,
+                                               **theirs_config))
             common = ours.index.intersection(theirs.index)
             if len(common) != len(ours) or len(common) != len(theirs):
                 raise ValueError(f"{method} and {name} were not evaluated on the same episodes")
             r = stats.paired_compare(ours.loc[common].to_numpy(), theirs.loc[common].to_numpy())
-            records.append({"way": way, "shot": shot, "method": method, "n_subspaces": s,
-                            "lambda1": l1, "lambda2": l2, "baseline": name,
+            records.append({"way": way, "shot": shot, "method": method, **ours_config,
+                            "budget": int(mine["budget"]), "baseline": name,
+                            **{f"baseline_{k}": v for k, v in theirs_config.items()},
+                            "baseline_budget": int(theirs_row["budget"]),
                             "mean_diff": 100 * r.mean_diff, "ci95": 100 * r.ci95,
                             "p_wilcoxon": r.p_wilcoxon, "p_ttest": r.p_ttest,
                             "n_episodes": r.n})
@@ -340,19 +368,24 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
     data["p_ttest_holm"] = stats.holm(data["p_ttest"].to_numpy())
     data["test"] = PAIRED_TESTS
     md_rows, tex_rows = [], []
-    for r in data.itertuples(index=False):
-        label = f"{way_shot_label(r.way, r.shot)}: {method} - {r.baseline}"
-        values = {"chosen on validation": _lambda_text(r.lambda1, r.lambda2, r.n_subspaces),
-                  "difference (pp)": f"{r.mean_diff:+.2f} ± {r.ci95:.2f}",
-                  "Wilcoxon p (Holm)": f"{r.p_wilcoxon_holm:.2g}",
-                  "t-test p (Holm)": f"{r.p_ttest_holm:.2g}",
-                  "episodes": str(r.n_episodes)}
+    for _, r in data.iterrows():
+        label = f"{way_shot_label(r['way'], r['shot'])}: {method} - {r['baseline']}"
+        baseline_config = {k: r[f"baseline_{k}"] for k in CONFIG_COLUMNS}
+        values = {f"{method} (chosen on validation)":
+                  settings_text(cfg, method, r, int(r["budget"])),
+                  "baseline (chosen on validation)":
+                  settings_text(cfg, r["baseline"], baseline_config, int(r["baseline_budget"])),
+                  "difference (pp)": f"{r['mean_diff']:+.2f} ± {r['ci95']:.2f}",
+                  "Wilcoxon p (Holm)": f"{r['p_wilcoxon_holm']:.2g}",
+                  "t-test p (Holm)": f"{r['p_ttest_holm']:.2g}",
+                  "episodes": str(r["n_episodes"])}
         md_rows.append(pd.Series(values, name=label))
         tex_rows.append(pd.Series({**values, "difference (pp)":
-                                   f"${r.mean_diff:+.2f} \\pm {r.ci95:.2f}$"}, name=label))
+                                   f"${r['mean_diff']:+.2f} \\pm {r['ci95']:.2f}$"}, name=label))
     caption = (f"Paired comparison on identical novel-class episodes: per-episode accuracy of "
-               f"{method} minus each baseline (percentage points, mean ± 95% CI). Tests: "
-               f"{PAIRED_TESTS}. {context}")
+               f"{method} minus each baseline (percentage points, mean ± 95% CI), each at the "
+               f"settings its validation accuracy chose (best of its budget of validation "
+               f"configurations). Tests: {PAIRED_TESTS}. {context}")
     return Table("paired", caption, data, pd.DataFrame(md_rows), pd.DataFrame(tex_rows))
 
 
@@ -451,15 +484,17 @@ def _save(fig: Any, out: Path, name: str) -> list[Path]:
 
 def _selected_rows(results: pd.DataFrame, selection: pd.DataFrame, method: str,
                    split: str) -> pd.DataFrame:
-    key = selection[["way", "shot", "n_subspaces", "lambda1", "lambda2"]]
+    """``method``'s rows at its chosen settings for every (way, shot, S) of the selection."""
+    on = ["way", "shot", *CONFIG_COLUMNS]
+    key = selection[selection["method"] == method][on]
     rows = results[(results["method"] == method) & (results["split"] == split)]
-    return rows.merge(key, on=["way", "shot", "n_subspaces", "lambda1", "lambda2"])
+    return rows.merge(key, on=on)
 
 
 def plot_accuracy_vs_subspaces(cfg: Mapping[str, Any], results: pd.DataFrame,
                                selection: pd.DataFrame) -> Any:
-    """Novel accuracy against S (lambdas chosen on validation), one panel per (way, shot),
-    95% CI bars; baselines as dashed horizontal reference lines."""
+    """Novel accuracy against S (lambdas and tau chosen on validation), one panel per (way,
+    shot), 95% CI bars; baselines (at their chosen settings) as dashed horizontal lines."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -478,7 +513,8 @@ def plot_accuracy_vs_subspaces(cfg: Mapping[str, Any], results: pd.DataFrame,
                      errorbar=("se", stats.Z95), err_style="bars", color=palette[0],
                      label=method)
         for color, name in zip(palette[1:], grid.baseline_names(cfg), strict=True):
-            base = summarise(cell_rows(results, name, "novel", way, shot))
+            config = config_of(chosen(selection, name, way, shot))
+            base = summarise(cell_rows(results, name, "novel", way, shot, **config))
             ax.axhline(base["mean"], ls="--", color=color, label=name)
             ax.axhspan(base["mean"] - base["ci95"], base["mean"] + base["ci95"], color=color,
                        alpha=0.12, lw=0)
@@ -491,13 +527,17 @@ def plot_accuracy_vs_subspaces(cfg: Mapping[str, Any], results: pd.DataFrame,
     return fig
 
 
-def plot_lambda_heatmaps(cfg: Mapping[str, Any], results: pd.DataFrame) -> Any:
-    """Validation and novel accuracy over lambda1 x lambda2, one row per (way, shot, S)."""
+def plot_lambda_heatmaps(cfg: Mapping[str, Any], results: pd.DataFrame,
+                         selection: pd.DataFrame) -> Any:
+    """Validation and novel accuracy over lambda1 x lambda2, one row per (way, shot, S), at
+    the tau chosen on validation for that S."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     method = grid.method_name(cfg)
-    rows = results[results["method"] == method]
+    at_tau = ["way", "shot", "n_subspaces", "tau", "learn_tau"]
+    rows = results[results["method"] == method].merge(
+        selection[selection["method"] == method][at_tau], on=at_tau)
     means = (rows.groupby(["split", "way", "shot", "n_subspaces", "lambda1", "lambda2"],
                           as_index=False)["accuracy"].mean())
     means["accuracy"] *= 100
@@ -524,16 +564,18 @@ def plot_lambda_heatmaps(cfg: Mapping[str, Any], results: pd.DataFrame) -> Any:
 def plot_training_curves(cfg: Mapping[str, Any], histories: pd.DataFrame,
                          selection: pd.DataFrame) -> Any:
     """Validation accuracy over training episodes: the method's chosen cell at every S and
-    the baselines, one panel per (way, shot); several seeds are averaged (band = 95% CI)."""
+    the baselines at their chosen settings, one panel per (way, shot); several seeds are
+    averaged (band = 95% CI)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
     method = grid.method_name(cfg)
-    ours = histories.merge(selection[["way", "shot", "n_subspaces", "lambda1", "lambda2"]],
-                           on=["way", "shot", "n_subspaces", "lambda1", "lambda2"])
-    ours = ours[ours["method"] == method].assign(
+    on = ["method", "way", "shot", *CONFIG_COLUMNS]
+    ours = histories.merge(selection[selection["method"] == method][on], on=on).assign(
         model=lambda d: method + " S=" + d["n_subspaces"].astype(str))
-    others = histories[histories["method"] != method].assign(model=lambda d: d["method"])
+    others = histories.merge(selection[(selection["method"] != method)
+                                       & selection["best_s"]][on], on=on
+                             ).assign(model=lambda d: d["method"])
     data = pd.concat([ours, others], ignore_index=True)
     data["val_acc"] = 100 * data["val_acc"]
     cells = _way_shots(cfg)
@@ -546,7 +588,7 @@ def plot_training_curves(cfg: Mapping[str, Any], histories: pd.DataFrame,
         ax.set(title=way_shot_label(way, shot), xlabel="training episode",
                ylabel="validation accuracy (%)")
         ax.legend(fontsize="x-small")
-    fig.suptitle("validation accuracy during training (λ chosen on validation)",
+    fig.suptitle("validation accuracy during training (settings chosen on validation)",
                  fontsize="small")
     return fig
 
@@ -563,6 +605,6 @@ def write_plots(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> li
     written = []
     written += _save(plot_accuracy_vs_subspaces(cfg, results, selection), out,
                      "accuracy_vs_subspaces")
-    written += _save(plot_lambda_heatmaps(cfg, results), out, "lambda_heatmaps")
+    written += _save(plot_lambda_heatmaps(cfg, results, selection), out, "lambda_heatmaps")
     written += _save(plot_training_curves(cfg, histories, selection), out, "training_curves")
     return written

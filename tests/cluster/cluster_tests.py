@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -34,7 +33,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from test_workflow import TINY, _write_config, job_counts  # noqa: E402
 
 from subspace_fsl import grid, paths, report  # noqa: E402
-from subspace_fsl.config import load_config  # noqa: E402
+from subspace_fsl.config import load_config, yaml_dump  # noqa: E402
 
 SCRIPT = REPO / "tests" / "cluster" / "cluster.sh"
 BIN = Path(sys.executable).parent
@@ -267,13 +266,15 @@ def _train_jobs(tmp: Path, uri: str) -> tuple[list[Path], float, list[float]]:
     data = _prepared_data(tmp)
     runs = [tmp / "runs" / f"job{i}" for i in range(N_JOBS)]
     cfg = load_config(data["config"])
-    settings = shlex.split(grid.cli_overrides(grid.run_settings(cfg, *LONG_RUN))
-                           + " " + grid.cli_overrides(grid.runtime_settings(cfg)))
+    # the run's complete settings, as a workflow job gets them
+    run_config = tmp / "run.yaml"
+    run_config.write_text(yaml_dump({**grid.run_settings(cfg, *LONG_RUN),
+                                     **grid.runtime_settings(cfg)}))
 
     def one(i: int) -> float:
         start = time.monotonic()
         subprocess.run(
-            [str(BIN / "subspace-fsl"), "train", "--config", str(data["config"]), *settings,
+            [str(BIN / "subspace-fsl"), "train", "--config", str(run_config),
              "--set", f"train.seed={i}", "--split-file", str(data["split"]),
              "--cache", str(data["cache"]), "--out", str(runs[i])],
             env=_env(MLFLOW_TRACKING_URI=uri), check=True, capture_output=True, timeout=900)

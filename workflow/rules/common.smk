@@ -1,5 +1,6 @@
 # Grid expansion and path helpers: every path comes from subspace_fsl.paths, every run from
-# subspace_fsl.grid (wildcards {method}/{run} <-> readable run names w5_k1_S4_l1-0.1_...).
+# subspace_fsl.grid (wildcards {method}/{run} <-> readable run names w5_k1_S4_l1-0.1_...;
+# the run pattern, with the optional _t10 / _tlearn10 / _deuc parts, is paths.RUN_WILDCARD).
 import re
 
 from subspace_fsl import grid, paths
@@ -20,7 +21,7 @@ EVAL_DIR = paths.eval_dir(config, "{method}", "{split}", "{run}")
 
 wildcard_constraints:
     method="|".join(re.escape(m) for m in METHODS),
-    run=r"w\d+_k\d+_S\d+_l1-[0-9.e+-]+_l2-[0-9.e+-]+_seed-?\d+",
+    run=paths.RUN_WILDCARD,
     split="|".join(paths.SPLITS),
 
 

@@ -9,22 +9,35 @@ from typing import Any
 import torch
 from torch import nn
 
+#: how a training episode's support and queries go through the backbone (``model.embed``)
+EMBED_MODES = ("joint", "separate")
+
 
 class FewShotModel(nn.Module):
     """``backbone`` maps images to features; ``head`` turns an episode's features into logits."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, feature_dim: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, feature_dim: int, embed: str = "joint"
+    ) -> None:
         super().__init__()
+        if embed not in EMBED_MODES:
+            raise ValueError(f"embed must be one of {EMBED_MODES}, got {embed!r}")
         self.backbone = backbone
         self.head = head
         self.feature_dim = feature_dim
+        self.embed = embed
 
     def forward(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor
     ) -> Any:
-        """Embed support and queries together (one pass, shared batch statistics), then classify."""
-        features = self.backbone(torch.cat([support, query], dim=0))
+        """Embed support and queries (``embed="joint"``: one pass, shared batch statistics;
+        ``"separate"``: support, then queries, each with its own batch statistics in training,
+        as easyfsl and DSN's official code), then classify."""
         n_support = support.shape[0]
+        if self.embed == "separate":
+            features = torch.cat([self.backbone(support), self.backbone(query)], dim=0)
+        else:
+            features = self.backbone(torch.cat([support, query], dim=0))
         # heads solve small linear systems: keep them in float32, outside any bf16 autocast
         features = features.float()
         with torch.autocast(device_type=features.device.type, enabled=False):
@@ -32,7 +45,7 @@ class FewShotModel(nn.Module):
 
     def with_backbone(self, backbone: nn.Module) -> FewShotModel:
         """The same head and weights behind another backbone module (e.g. a compiled one)."""
-        return FewShotModel(backbone, self.head, self.feature_dim)
+        return FewShotModel(backbone, self.head, self.feature_dim, self.embed)
 
 
 def available_memory() -> int | None:
@@ -97,7 +110,9 @@ def build_model(cfg: Mapping[str, Any]) -> FewShotModel:
     backbone = build_backbone(settings["backbone"], weights=settings["backbone_weights"])
     feature_dim = int(backbone.output_dim(cfg["dataset"]["image_size"]))
     model_keys = {
-        k: v for k, v in settings.items() if k not in ("backbone", "backbone_weights", "head")
+        k: v
+        for k, v in settings.items()
+        if k not in ("backbone", "backbone_weights", "head", "embed")
     }
     try:
         with torch.device("meta"):  # shapes only: check the size before allocating
@@ -106,7 +121,7 @@ def build_model(cfg: Mapping[str, Any]) -> FewShotModel:
         head = build_head(settings["head"], feature_dim, **model_keys)
     except ValueError as exc:
         raise ValueError(f"model.head={settings['head']!r}: {exc}") from None
-    return FewShotModel(backbone, head, feature_dim)
+    return FewShotModel(backbone, head, feature_dim, settings.get("embed", "joint"))
 
 
 def check_head_episode(

@@ -34,11 +34,16 @@ def model_setting_names() -> set[str]:
 
 def build_head(name: str, in_dim: int, /, **model_settings: Any) -> FewShotHead:
     """Build head ``name`` for D = in_dim features; model-section keys it does not use
-    (backbone, head, backbone_weights, or n_subspaces for protonet, ...) are ignored."""
+    (backbone, head, backbone_weights, or n_subspaces for protonet, ...) are ignored, except
+    a ``distance`` other than ``squared`` for a head without that setting (an error)."""
     constructor = HEADS.get(name)
     unknown = sorted(set(model_settings) - model_setting_names())
     if unknown:
         known = sorted(model_setting_names())
         raise ValueError(f"unknown model settings {unknown}; known: {known}")
     accepted = set(inspect.signature(constructor).parameters)
+    distance = model_settings.get("distance", "squared")
+    if "distance" not in accepted and distance != "squared":
+        # ignoring it would train a squared-distance model under a _deuc run name
+        raise ValueError(f"head {name!r} has only the squared distance; got distance={distance!r}")
     return constructor(in_dim, **{k: v for k, v in model_settings.items() if k in accepted})

@@ -1,7 +1,10 @@
 """The head contract: ``head(support [N*K, D], labels [N*K], query [Q, D]) -> HeadOutput``.
 
 Every head turns a distance D(q, c) into logits = -D(q, c) / tau; tau is a fixed buffer or,
-with ``learn_tau``, a learned parameter kept positive as exp(log_tau).
+with ``learn_tau``, a learned parameter kept positive as exp(log_tau). Heads with a
+``distance`` setting (protonet, dsn) score either the squared residual ||r||^2 (``squared``,
+Snell et al.) or its root ||r|| (``euclidean``: easyfsl's ``torch.cdist``, DSN's official
+code), see :data:`DISTANCE_FORMS`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,22 @@ from torch import Tensor, nn
 from subspace_fsl.registry import Registry
 
 HEADS: Registry[FewShotHead] = Registry("head")
+
+
+def _euclidean(squared: Tensor) -> Tensor:
+    # the floor keeps the root's gradient finite where a residual is exactly 0 (a query
+    # equal to its prototype); below it the clamp passes no gradient, as ||r|| has none there
+    return squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt()
+
+
+#: distance form -> the map from squared residuals ||r||^2 to the scored distance
+DISTANCE_FORMS = {"squared": lambda squared: squared, "euclidean": _euclidean}
+
+
+def distance_form(name: str) -> str:
+    if name not in DISTANCE_FORMS:
+        raise ValueError(f"distance must be one of {sorted(DISTANCE_FORMS)}, got {name!r}")
+    return name
 
 
 @dataclass

@@ -1,0 +1,62 @@
+"""Reading what the runs wrote: per-episode evaluations and training histories of the grid.
+
+One long table (:func:`load_results`) feeds both the validation choices
+(``subspace_fsl.selection``) and the report (``subspace_fsl.report``); it lives here so that
+neither of those imports the other. The key columns are a run's grid coordinates (what its
+name encodes, ``paths.RunKey``): :data:`CONFIG_COLUMNS` are what a method chooses on
+validation, ``seed`` is a replicate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+
+from subspace_fsl import grid, paths
+
+EPISODES_FILE = "episodes.csv"
+HISTORY_FILE = "history.csv"
+#: every setting a run name encodes besides way, shot and seed
+CONFIG_COLUMNS = ["n_subspaces", "lambda1", "lambda2", "tau", "learn_tau", "distance",
+                  "embed"]
+KEY_COLUMNS = ["method", "way", "shot", *CONFIG_COLUMNS, "seed"]
+
+
+def key_frame(run: grid.Run) -> dict[str, Any]:
+    """The key columns (and ``run``) of one run, from its name."""
+    return {"method": run.method, "run": run.name, **run.key._asdict()}
+
+
+def load_results(cfg: Mapping[str, Any], splits: Sequence[str] = paths.SPLITS,
+                 runs: Iterable[grid.Run] | None = None) -> pd.DataFrame:
+    """Long per-episode table of every run of the grid: the key columns, ``run``, ``split``,
+    ``episode`` and ``accuracy`` (a fraction). Missing evaluations raise FileNotFoundError."""
+    frames, missing = [], []
+    for run in (grid.all_runs(cfg) if runs is None else runs):
+        for split in splits:
+            path = paths.eval_dir(cfg, run.method, split, run.name) / EPISODES_FILE
+            if not path.is_file():
+                missing.append(str(path))
+                continue
+            table = pd.read_csv(path)[["episode", "accuracy"]]
+            frames.append(table.assign(split=split, **key_frame(run)))
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
+    columns = [*KEY_COLUMNS, "run", "split", "episode", "accuracy"]
+    return pd.concat(frames, ignore_index=True)[columns]
+
+
+def load_histories(cfg: Mapping[str, Any], runs: Iterable[grid.Run] | None = None
+                   ) -> pd.DataFrame:
+    """Every run's ``history.csv`` (rows with a validation accuracy), with the key columns."""
+    frames = []
+    for run in (grid.all_runs(cfg) if runs is None else runs):
+        path = paths.run_dir(cfg, run.method, run.name) / HISTORY_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"training history missing: {path}")
+        table = pd.read_csv(path)
+        table = table[table["val_acc"].notna()][["episode", "val_acc"]]
+        frames.append(table.assign(**key_frame(run)))
+    return pd.concat(frames, ignore_index=True)
