@@ -269,7 +269,7 @@ def test_easyfsl_on_features_embedded_once_equals_its_per_episode_evaluation(
     model, _ = accuracy.train_easyfsl(cfg, data, args)
     plan = evaluation_plan(cfg, data, "novel", episodes=15)
     fast = accuracy.easyfsl_accuracies(model, data, plan)
-    loader, slow = EpisodeLoader(data, "cpu", augment=False), []
+    loader, slow = EpisodeLoader(data, "cpu", augment="none"), []
     model.eval()
     with torch.no_grad():  # easyfsl's evaluate_on_one_task: the backbone on every episode
         for episode in plan:

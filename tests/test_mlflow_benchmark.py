@@ -41,7 +41,7 @@ SETTINGS = {
     "split": {"counts": [4, 2, 2]},
     "model": {"backbone": "conv4", "subspace_dim": 8},
     "train": {"query": 2, "max_episodes": 6, "val_every": 3, "val_episodes": 2, "log_every": 3,
-              "checkpoint_every": 3, "patience": 100, "augment": False},
+              "checkpoint_every": 3, "patience": 100, "augment": "none"},
     "eval": {"query": 2, "episodes": 5, "batch_size": 32},
     "grid": {"way": [2], "shot": [1], "n_subspaces": [2], "lambda1": [0.1], "lambda2": [0, 0.1],
              "seeds": [0], "baselines": {"protonet": {"head": "protonet", "n_subspaces": 1,

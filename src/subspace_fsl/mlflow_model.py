@@ -93,6 +93,15 @@ class FewShotPyfunc(PythonModel):
         return out.logits.float().cpu().numpy()
 
 
+def log_best_model(tracker: Any, cfg: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> None:
+    """After training: ``best.pt`` as an MLflow pyfunc model (``model``), shown in the run's
+    and the experiment's Models tab; nothing when tracking is off (a ``NullTracker``)."""
+    from subspace_fsl.tracking import RunTracker
+
+    if isinstance(tracker, RunTracker):
+        log_model(tracker, cfg, Path(run_dir) / "best.pt")
+
+
 def log_model(tracker: Any, cfg: Mapping[str, Any], checkpoint: str | os.PathLike[str]) -> Any:
     """Log ``checkpoint`` as the run's pyfunc model ``model`` (with its signature); returns
     MLflow's ``ModelInfo``. Requirements are given, not inferred (inference re-imports the

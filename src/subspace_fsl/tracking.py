@@ -19,7 +19,8 @@ Each training run is the child (``mlflow.parentRunId``) of its benchmark's paren
 ``init-tracking`` creates and records in ``tracking/{d}.json`` (``subspace_fsl.benchmark``);
 children are named ``{method}/{run}``. What a run logs (params, tags, the data set, the model,
 system metrics, the train log) is built here (``run_params``, ``log_training_start``,
-``log_training_end``, ``log_evaluation``) so the engine calls one function per stage.
+``log_evaluation``; the model: ``mlflow_model.log_best_model``) so the engine calls one
+function per stage.
 ``tracking.enabled: false`` gives a ``NullTracker``.
 """
 
@@ -627,18 +628,6 @@ def log_training_start(
         tracker.log_artifact(split_file, "data")
     if cfg["tracking"]["system_metrics"]:
         tracker.start_system_metrics()
-
-
-def log_training_end(
-    tracker: NullTracker, cfg: Mapping[str, Any], run_dir: str | os.PathLike[str]
-) -> None:
-    """After training: ``best.pt`` as an MLflow pyfunc model (``model``; see
-    :mod:`subspace_fsl.mlflow_model`), shown in the run's and the experiment's Models tab."""
-    if not isinstance(tracker, RunTracker):
-        return
-    from subspace_fsl.mlflow_model import log_model
-
-    log_model(tracker, cfg, Path(run_dir) / "best.pt")
 
 
 def episodes_digest(episodes: Any) -> str:

@@ -80,7 +80,7 @@ def project_config(args: argparse.Namespace, tau: float, learn_tau: bool,
         f"model.distance={distance}", f"model.embed={embed}", f"train.way={args.way}",
         f"train.shot={args.shot}",
         f"train.query={args.query}", f"train.max_episodes={args.episodes}",
-        f"train.lr={args.lr}", "train.lr_schedule=none", "train.augment=false",
+        f"train.lr={args.lr}", "train.lr_schedule=none", "train.augment=none",
         f"train.seed={args.seed}", f"eval.query={args.eval_query}",
         f"eval.episodes={args.eval_episodes}", f"eval.seed={args.eval_seed}",
         "runtime.device=cpu", "runtime.progress=none", "runtime.channels_last=false",
@@ -135,7 +135,7 @@ def train_easyfsl(cfg: dict[str, Any], data: Any, args: argparse.Namespace
     loss_function = torch.nn.CrossEntropyLoss()
     sampler = EpisodeSampler(data.labels, data.split_classes("base"), settings["way"],
                              settings["shot"], settings["query"], settings["seed"])
-    loader = EpisodeLoader(data, "cpu", augment=False)
+    loader = EpisodeLoader(data, "cpu", augment="none")
     model.train()
     losses, classes = [], []
     started = time.perf_counter()
@@ -172,7 +172,7 @@ def easyfsl_accuracies(model: Any, data: Any, plan: list[Any], batch_size: int =
 
     needed = np.unique(np.concatenate([np.concatenate([e.support_idx, e.query_idx])
                                        for e in plan]))
-    loader = EpisodeLoader(data, "cpu", augment=False)
+    loader = EpisodeLoader(data, "cpu", augment="none")
     model.eval()
     with torch.no_grad():
         features = torch.cat([model.backbone(loader.load(needed[i:i + batch_size]))

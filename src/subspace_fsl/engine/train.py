@@ -645,7 +645,7 @@ class TrainingRun:
 
     def track_outputs(self, summary: Mapping[str, Any]) -> None:
         """The final metrics, the output files and the best model."""
-        from subspace_fsl import tracking
+        from subspace_fsl.mlflow_model import log_best_model
 
         self.track(
             {"best_val_acc": summary["best_val_acc"], "episodes_per_s": self.progress.rate()},
@@ -653,7 +653,7 @@ class TrainingRun:
         )
         for name in (BEST, HISTORY, SUMMARY):
             self.tracker.log_artifact(self.out / name)
-        tracking.log_training_end(self.tracker, self.cfg, self.out)  # best.pt as an MLflow model
+        log_best_model(self.tracker, self.cfg, self.out)  # best.pt as an MLflow model
 
     def end_tracking(self, status: str) -> None:
         """FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED; a resumed run sets RUNNING again."""

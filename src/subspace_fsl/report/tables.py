@@ -1,23 +1,16 @@
-"""The benchmark's tables (CSV, Markdown, LaTeX) and seaborn plots (PNG, PDF).
+"""The benchmark's tables (``TABLE_NAMES``) as CSV, Markdown and LaTeX.
 
-Inputs are the files the engine writes per run (``eval/{val,novel}/episodes.csv``,
-``history.csv``), the class split and the validation choices of ``subspace_fsl.selection``.
-Accuracies are shown in percent: mean over the evaluation episodes +- the 95% CI
-``1.96 s / sqrt(n)``; with several training seeds, each episode's accuracy is first averaged
-over the seeds (all models see the same episodes) and ``sd`` is the standard deviation of the
-per-seed means.
-
-Tables (``TABLE_NAMES``): ``main`` (methods x (way, shot), novel classes, every method at its
-validation-chosen settings, named in the table with its selection budget), ``subspaces``
-(accuracy over S), ``lambdas`` (the lambda1 x lambda2 grid),
-``constraints`` (each constraint switched off), ``paired`` (per-episode differences of the
-method against each baseline, Wilcoxon signed-rank and paired t-test, Holm-corrected).
-Plots (``PLOT_NAMES``): ``accuracy_vs_subspaces``, ``lambda_heatmaps``, ``training_curves``.
-"""
+Accuracies are in percent: mean over the evaluation episodes +- the 95% CI ``1.96 s /
+sqrt(n)`` (sample std); with several training seeds each episode's accuracy is first
+averaged over the seeds (all models see the same episodes) and ``sd`` is the standard
+deviation of the per-seed means. ``main`` (methods x (way, shot), novel classes, every
+method at its validation-chosen settings, named with its selection budget), ``subspaces``
+(accuracy over S), ``lambdas`` (the lambda1 x lambda2 grid), ``constraints`` (each
+constraint switched off), ``paired`` (per-episode differences of the method against each
+baseline, Wilcoxon signed-rank and paired t-test, Holm-corrected)."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,20 +22,27 @@ import pandas as pd
 
 from subspace_fsl import grid, paths, stats
 from subspace_fsl.config import atomic_write_text
-from subspace_fsl.results import (  # noqa: F401  (load_* re-exported: report.load_results)
+from subspace_fsl.report.common import (
+    cell_rows,
+    config_of,
+    format_cell,
+    paired_episodes,
+    protocol_description,
+    settings_text,
+    split_description,
+    summarise,
+    tau_text,
+    way_shot_label,
+    way_shots,
+)
+from subspace_fsl.results import (
     CONFIG_COLUMNS,
-    EPISODES_FILE,
-    HISTORY_FILE,
-    KEY_COLUMNS,
-    load_histories,
     load_results,
 )
 from subspace_fsl.selection import chosen, read_selection, simplicity_order
 
 TABLE_NAMES = ("main", "subspaces", "lambdas", "constraints", "paired")
 TABLE_FORMATS = ("csv", "md", "tex")
-PLOT_NAMES = ("accuracy_vs_subspaces", "lambda_heatmaps", "training_curves")
-PLOT_FORMATS = ("png", "pdf")
 
 SELECTION_RULE = ("every method's settings chosen by validation accuracy only, by one rule "
                   "(the method: λ1, λ2, τ per S, then S; each baseline: its τ and distance "
@@ -51,130 +51,6 @@ SELECTION_RULE = ("every method's settings chosen by validation accuracy only, b
 PAIRED_TESTS = (f"{stats.WILCOXON} and {stats.TTEST} on per-episode accuracies, "
                 f"p-values {stats.HOLM}-corrected over all comparisons of the table")
 
-
-# --- descriptions ------------------------------------------------------------------------
-
-
-def split_description(cfg: Mapping[str, Any]) -> str:
-    """"class split: random (seed 0), 100 base / 50 val / 50 novel classes" from the split
-    file the runs used (the configuration's ``split`` section if there is none yet)."""
-    path = paths.split_path(cfg)
-    if path.is_file():
-        split = json.loads(path.read_text())
-        rule, seed = split["rule"], split.get("seed")
-        counts = [len(split[k]) for k in ("base", "val", "novel")]
-    else:
-        rule, seed = cfg["split"]["rule"], cfg["split"]["seed"]
-        counts = list(cfg["split"]["counts"])
-    seed_text = f" (seed {seed})" if rule == "random" else ""
-    return (f"class split {rule}{seed_text}: {counts[0]:g} base / {counts[1]:g} validation / "
-            f"{counts[2]:g} novel classes")
-
-
-def protocol_description(cfg: Mapping[str, Any], results: pd.DataFrame | None = None) -> str:
-    ev = cfg["eval"]
-    n = int(results["episode"].nunique()) if results is not None else ev["episodes"]
-    return (f"{n} test episodes per cell, {ev['query']} queries per class, one episode seed "
-            f"({ev['seed']}) for every model; accuracy in % as mean +- 95% CI "
-            f"(1.96 s / sqrt(episodes))")
-
-
-# --- summaries -------------------------------------------------------------------------------
-
-
-def paired_episodes(rows: pd.DataFrame) -> pd.Series:
-    """Per-episode accuracy (a fraction) averaged over training seeds, indexed by episode."""
-    return rows.groupby("episode")["accuracy"].mean().sort_index()
-
-
-def summarise(rows: pd.DataFrame) -> dict[str, float]:
-    """Mean +- CI (in %) over episodes of one model configuration, and the seed spread."""
-    if rows.empty:
-        return {"mean": math.nan, "ci95": math.nan, "seed_sd": math.nan, "n_episodes": 0,
-                "n_seeds": 0}
-    mean, half = stats.mean_ci(paired_episodes(rows).to_numpy())
-    seed_means = rows.groupby("seed")["accuracy"].mean().to_numpy()
-    return {"mean": 100 * mean, "ci95": 100 * half,
-            "seed_sd": 100 * stats.seed_spread(seed_means),
-            "n_episodes": int(rows["episode"].nunique()), "n_seeds": len(seed_means)}
-
-
-def cell_rows(results: pd.DataFrame, method: str, split: str, way: int, shot: int,
-              n_subspaces: int | None = None, lambda1: float | None = None,
-              lambda2: float | None = None, **settings: Any) -> pd.DataFrame:
-    """The rows of one method at (way, shot) whose settings (``CONFIG_COLUMNS``; None = any)
-    match: floats by ``np.isclose``, the others exactly."""
-    unknown = set(settings) - set(CONFIG_COLUMNS)
-    if unknown:
-        raise ValueError(f"unknown settings {sorted(unknown)}; known: {CONFIG_COLUMNS}")
-    mask = ((results["method"] == method) & (results["split"] == split)
-            & (results["way"] == way) & (results["shot"] == shot))
-    wanted = {"n_subspaces": n_subspaces, "lambda1": lambda1, "lambda2": lambda2, **settings}
-    for column, value in wanted.items():
-        if value is None:
-            continue
-        if column in ("lambda1", "lambda2", "tau"):
-            mask &= np.isclose(results[column].astype(float), float(value))
-        else:
-            mask &= results[column] == value
-    return results[mask]
-
-
-def config_of(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
-    """The ``CONFIG_COLUMNS`` of a selection row, with plain Python types."""
-    return {"n_subspaces": int(row["n_subspaces"]), "lambda1": float(row["lambda1"]),
-            "lambda2": float(row["lambda2"]), "tau": float(row["tau"]),
-            "learn_tau": bool(row["learn_tau"]), "distance": str(row["distance"]),
-            "embed": str(row["embed"])}
-
-
-def tau_text(tau: float, learn_tau: bool) -> str:
-    """"τ=10", "τ learned (from 10)"."""
-    value = paths.format_number(tau)
-    return f"τ learned (from {value})" if learn_tau else f"τ={value}"
-
-
-def settings_text(cfg: Mapping[str, Any], method: str, config: Mapping[str, Any],
-                  budget: int | None = None, with_s: bool = True) -> str:
-    """What a method was run with: the grid's method "S=4, λ1=0.1, λ2=0, τ=1"; a baseline
-    the settings its grid searched, "τ=10, euclidean distance"; then "(best of 8 on
-    validation)" with the selection budget."""
-    if method == grid.method_name(cfg):
-        parts = [f"S={int(config['n_subspaces'])}"] if with_s else []
-        parts += [f"λ1={paths.format_number(config['lambda1'])}",
-                  f"λ2={paths.format_number(config['lambda2'])}",
-                  tau_text(config["tau"], bool(config["learn_tau"]))]
-        embeds = cfg["grid"]["embed"]
-    else:
-        searched = grid.baseline_settings(cfg, method)
-        parts = [tau_text(config["tau"], bool(config["learn_tau"]))]
-        if len(searched["distance"]) > 1 or config["distance"] != "squared":
-            parts.append(f"{config['distance']} distance")
-        embeds = searched["embed"]
-    if len(embeds) > 1 or config["embed"] != "joint":
-        parts.append(f"{config['embed']} passes")
-    text = ", ".join(parts)
-    return text if budget is None else f"{text} (best of {int(budget)} on validation)"
-
-
-def format_cell(summary: Mapping[str, float], latex: bool = False) -> str:
-    if summary["n_episodes"] == 0 or math.isnan(summary["mean"]):
-        return "n/a"
-    pm = r" \pm " if latex else " ± "
-    text = f"{summary['mean']:.2f}{pm}{summary['ci95']:.2f}"
-    if latex:
-        text = f"${text}$"
-    if not math.isnan(summary["seed_sd"]):
-        text += f" (sd {summary['seed_sd']:.2f})"
-    return text
-
-
-def way_shot_label(way: int, shot: int) -> str:
-    return f"{way}-way {shot}-shot"
-
-
-def _way_shots(cfg: Mapping[str, Any]) -> list[tuple[int, int]]:
-    return [(w, k) for w in cfg["grid"]["way"] for k in cfg["grid"]["shot"]]
 
 
 # --- tables ----------------------------------------------------------------------------------
@@ -211,7 +87,7 @@ def main_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Data
     selection budget (validation configurations compared) next to the accuracy."""
     method = grid.method_name(cfg)
     records, cells = [], []
-    for way, shot in _way_shots(cfg):
+    for way, shot in way_shots(cfg):
         col = way_shot_label(way, shot)
         for name in [method, *grid.baseline_names(cfg)]:
             row = chosen(selection, name, way, shot)
@@ -256,7 +132,7 @@ def lambdas_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.D
     method = grid.method_name(cfg)
     records, cells = [], []
     g = cfg["grid"]
-    for way, shot in _way_shots(cfg):
+    for way, shot in way_shots(cfg):
         for s in g["n_subspaces"]:
             picked = selection[(selection["method"] == method) & (selection["way"] == way)
                                & (selection["shot"] == shot)
@@ -306,7 +182,7 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
     method = grid.method_name(cfg)
     scores = cell_scores(results, method, "val")
     records, cells = [], []
-    for way, shot in _way_shots(cfg):
+    for way, shot in way_shots(cfg):
         for s in cfg["grid"]["n_subspaces"]:
             here = scores[(scores["way"] == way) & (scores["shot"] == shot)
                           & (scores["n_subspaces"] == s)]
@@ -343,7 +219,7 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
     validation-chosen settings (named, with each one's selection budget)."""
     method = grid.method_name(cfg)
     records = []
-    for way, shot in _way_shots(cfg):
+    for way, shot in way_shots(cfg):
         mine = chosen(selection, method, way, shot)
         ours_config = config_of(mine)
         ours = paired_episodes(cell_rows(results, method, "novel", way, shot, **ours_config))
@@ -463,148 +339,3 @@ def write_tables(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> l
         written += write_table(table, out, rule)
     return written
 
-
-# --- plots -----------------------------------------------------------------------------------
-
-
-def _save(fig: Any, out: Path, name: str) -> list[Path]:
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ext in PLOT_FORMATS:
-        path = out / f"{name}.{ext}"
-        tmp = out / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=ext)
-        tmp.replace(path)
-        written.append(path)
-    plt.close(fig)
-    return written
-
-
-def _selected_rows(results: pd.DataFrame, selection: pd.DataFrame, method: str,
-                   split: str) -> pd.DataFrame:
-    """``method``'s rows at its chosen settings for every (way, shot, S) of the selection."""
-    on = ["way", "shot", *CONFIG_COLUMNS]
-    key = selection[selection["method"] == method][on]
-    rows = results[(results["method"] == method) & (results["split"] == split)]
-    return rows.merge(key, on=on)
-
-
-def plot_accuracy_vs_subspaces(cfg: Mapping[str, Any], results: pd.DataFrame,
-                               selection: pd.DataFrame) -> Any:
-    """Novel accuracy against S (lambdas and tau chosen on validation), one panel per (way,
-    shot), 95% CI bars; baselines (at their chosen settings) as dashed horizontal lines."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    method = grid.method_name(cfg)
-    rows = _selected_rows(results, selection, method, "novel")
-    per_episode = (rows.groupby(["way", "shot", "n_subspaces", "episode"], as_index=False)
-                   ["accuracy"].mean())
-    per_episode["accuracy"] *= 100
-    cells = _way_shots(cfg)
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.4), squeeze=False)
-    palette = sns.color_palette("deep", n_colors=len(grid.baseline_names(cfg)) + 1)
-    for ax, (way, shot) in zip(axes[0], cells, strict=True):
-        data = per_episode[(per_episode["way"] == way) & (per_episode["shot"] == shot)]
-        sns.lineplot(data=data, x="n_subspaces", y="accuracy", marker="o", ax=ax,
-                     errorbar=("se", stats.Z95), err_style="bars", color=palette[0],
-                     label=method)
-        for color, name in zip(palette[1:], grid.baseline_names(cfg), strict=True):
-            config = config_of(chosen(selection, name, way, shot))
-            base = summarise(cell_rows(results, name, "novel", way, shot, **config))
-            ax.axhline(base["mean"], ls="--", color=color, label=name)
-            ax.axhspan(base["mean"] - base["ci95"], base["mean"] + base["ci95"], color=color,
-                       alpha=0.12, lw=0)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(cfg["grid"]["n_subspaces"], [str(s) for s in cfg["grid"]["n_subspaces"]])
-        ax.set(title=way_shot_label(way, shot), xlabel="feature subspaces S",
-               ylabel="novel accuracy (%)")
-        ax.legend(fontsize="small")
-    fig.suptitle(f"{split_description(cfg)}; λ chosen on validation", fontsize="small")
-    return fig
-
-
-def plot_lambda_heatmaps(cfg: Mapping[str, Any], results: pd.DataFrame,
-                         selection: pd.DataFrame) -> Any:
-    """Validation and novel accuracy over lambda1 x lambda2, one row per (way, shot, S), at
-    the tau chosen on validation for that S."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    method = grid.method_name(cfg)
-    at_tau = ["way", "shot", "n_subspaces", "tau", "learn_tau"]
-    rows = results[results["method"] == method].merge(
-        selection[selection["method"] == method][at_tau], on=at_tau)
-    means = (rows.groupby(["split", "way", "shot", "n_subspaces", "lambda1", "lambda2"],
-                          as_index=False)["accuracy"].mean())
-    means["accuracy"] *= 100
-    cells = [(w, k, s) for w, k in _way_shots(cfg) for s in cfg["grid"]["n_subspaces"]]
-    sns.set_theme(style="white", context="paper")
-    fig, axes = plt.subplots(len(cells), 2, figsize=(8.5, 2.6 * len(cells) + 0.6),
-                             squeeze=False, layout="constrained")
-    for (way, shot, s), pair in zip(cells, axes, strict=True):
-        for ax, split in zip(pair, paths.SPLITS, strict=True):
-            data = means[(means["split"] == split) & (means["way"] == way)
-                         & (means["shot"] == shot) & (means["n_subspaces"] == s)]
-            grid_ = data.pivot(index="lambda1", columns="lambda2", values="accuracy")
-            grid_.index = [paths.format_number(v) for v in grid_.index]
-            grid_.columns = [paths.format_number(v) for v in grid_.columns]
-            sns.heatmap(grid_, annot=True, fmt=".1f", cmap="viridis", ax=ax,
-                        cbar_kws={"label": "accuracy (%)"})
-            name = "validation" if split == "val" else "novel"
-            ax.set(title=f"{way_shot_label(way, shot)}, S={s}: {name}", xlabel="λ2",
-                   ylabel="λ1")
-    fig.suptitle(f"{method}; {split_description(cfg)}", fontsize="small")
-    return fig
-
-
-def plot_training_curves(cfg: Mapping[str, Any], histories: pd.DataFrame,
-                         selection: pd.DataFrame) -> Any:
-    """Validation accuracy over training episodes: the method's chosen cell at every S and
-    the baselines at their chosen settings, one panel per (way, shot); several seeds are
-    averaged (band = 95% CI)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    method = grid.method_name(cfg)
-    on = ["method", "way", "shot", *CONFIG_COLUMNS]
-    ours = histories.merge(selection[selection["method"] == method][on], on=on).assign(
-        model=lambda d: method + " S=" + d["n_subspaces"].astype(str))
-    others = histories.merge(selection[(selection["method"] != method)
-                                       & selection["best_s"]][on], on=on
-                             ).assign(model=lambda d: d["method"])
-    data = pd.concat([ours, others], ignore_index=True)
-    data["val_acc"] = 100 * data["val_acc"]
-    cells = _way_shots(cfg)
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.6 * len(cells), 3.4), squeeze=False)
-    for ax, (way, shot) in zip(axes[0], cells, strict=True):
-        here = data[(data["way"] == way) & (data["shot"] == shot)]
-        sns.lineplot(data=here, x="episode", y="val_acc", hue="model", ax=ax,
-                     errorbar=("ci", 95) if here["seed"].nunique() > 1 else None)
-        ax.set(title=way_shot_label(way, shot), xlabel="training episode",
-               ylabel="validation accuracy (%)")
-        ax.legend(fontsize="x-small")
-    fig.suptitle("validation accuracy during training (settings chosen on validation)",
-                 fontsize="small")
-    return fig
-
-
-def write_plots(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> list[Path]:
-    """Every plot of ``PLOT_NAMES`` as PNG and PDF, into ``paths.plots_dir(cfg)``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    results = load_results(cfg)
-    selection = read_selection(paths.selection_path(cfg))
-    histories = load_histories(cfg)
-    out = Path(out_dir) if out_dir is not None else paths.plots_dir(cfg)
-    written = []
-    written += _save(plot_accuracy_vs_subspaces(cfg, results, selection), out,
-                     "accuracy_vs_subspaces")
-    written += _save(plot_lambda_heatmaps(cfg, results, selection), out, "lambda_heatmaps")
-    written += _save(plot_training_curves(cfg, histories, selection), out, "training_curves")
-    return written
