@@ -74,6 +74,14 @@ def check(
             raise ProvenanceError(path, key, old.get(key, _MISSING), new[key], remedy)
 
 
+def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """``key: old -> new`` for every flattened setting whose value differs (either side
+    missing included), in key order: what a folder's saved settings say against now."""
+    old, new = stamp(recorded), stamp(current)
+    return [f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)]
+
+
 def file_digest(path: str | os.PathLike[str]) -> str:
     """sha256 of a file's bytes, read in 8 MiB chunks (``"sha256:<hex>"``)."""
     digest = hashlib.sha256()

@@ -48,6 +48,7 @@ from subspace_fsl.engine.checkpoint import (
     seed_everything,
     set_rng_state,
 )
+from subspace_fsl.provenance import differences
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,6 @@ def pretrain_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "pretrain": dict(cfg["pretrain"]),
         "eval": {k: cfg["eval"][k] for k in ("query", "seed", "batch_size")},
     }
-
-
-def settings_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """``key: old -> new`` for every flattened setting that differs."""
-    from subspace_fsl.tracking import flatten
-
-    old, new = flatten(saved), flatten(current)
-    return [
-        f"{k}: {old.get(k)} -> {new.get(k)}"
-        for k in sorted(old.keys() | new.keys())
-        if old.get(k) != new.get(k)
-    ]
 
 
 class BatchSampler:
@@ -305,7 +294,7 @@ def check_same_pretraining(cfg: Mapping[str, Any], out: Path) -> None:
     if not saved_path.is_file():
         return
     saved = read_yaml(saved_path, "pre-training settings") or {}
-    diff = settings_differences(saved, pretrain_settings(cfg))
+    diff = differences(saved, pretrain_settings(cfg))
     if diff:
         raise SettingsChanged(
             f"{out} holds a pre-training made with other settings ({'; '.join(diff[:5])}); "
@@ -360,7 +349,7 @@ def load_pretrained_backbone(
 ) -> dict[str, Any]:
     """Load ``backbone.pt`` into ``backbone``; refuse weights made from other settings."""
     state = load_checkpoint(path, map_location="cpu")
-    diff = settings_differences(state["config"], pretrain_settings(cfg))
+    diff = differences(state["config"], pretrain_settings(cfg))
     if diff:
         raise ValueError(
             f"pre-trained backbone {path} was made with other settings ({'; '.join(diff[:5])}); "

@@ -223,15 +223,9 @@ def _result_sections(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    from subspace_fsl.tracking import flatten
+    from subspace_fsl.provenance import differences
 
-    old = flatten(_result_sections(saved))
-    new = flatten(_result_sections(current))
-    return [
-        f"{k}: {old.get(k)} -> {new.get(k)}"
-        for k in sorted(old.keys() | new.keys())
-        if old.get(k) != new.get(k)
-    ]
+    return differences(_result_sections(saved), _result_sections(current))
 
 
 class SettingsChanged(ValueError):
