@@ -43,9 +43,10 @@ SETTINGS = {
     "train": {"query": 2, "max_episodes": 6, "val_every": 3, "val_episodes": 2, "log_every": 3,
               "checkpoint_every": 3, "patience": 100, "augment": "none"},
     "eval": {"query": 2, "episodes": 5, "batch_size": 32},
-    "grid": {"way": [2], "shot": [1], "n_subspaces": [2], "lambda1": [0.1], "lambda2": [0, 0.1],
-             "seeds": [0], "baselines": {"protonet": {"head": "protonet", "n_subspaces": 1,
-                                                      "lambda1": 0, "lambda2": 0}}},
+    "grid": {"way": [2], "shot": [1], "n_subspaces": [2], "lambda1": [0.1],
+             "lambda2": [0, 0.1], "tau": [1], "seeds": [0],
+             "baselines": {"protonet": {"head": "protonet", "n_subspaces": 1, "lambda1": 0,
+                                        "lambda2": 0}}},
     "runtime": {"threads": 1, "progress": "log", "device": "cpu", "malloc_tuning": False},
 }
 CHILDREN = {"multisubspace/w2_k1_S2_l1-0.1_l2-0_seed0",
@@ -183,9 +184,16 @@ def test_the_parent_holds_selection_tables_paired_tests_plots_and_main_numbers(b
         key = f"main/{row.method}/w{row.way}_k{row.shot}"
         assert parent.data.metrics[f"{key}_acc"] == pytest.approx(row.mean)
         assert parent.data.metrics[f"{key}_ci95"] == pytest.approx(row.ci95)
-    selection = pd.read_csv(paths.selection_path(cfg)).iloc[0]
-    assert parent.data.tags["selection.w2_k1.S"] == str(selection["n_subspaces"])
-    assert float(parent.data.tags["selection.w2_k1_S2.lambda2"]) == selection["lambda2"]
+    table = pd.read_csv(paths.selection_path(cfg))
+    for method in ("multisubspace", "protonet"):  # each method's own choice, not mixed
+        selection = table[(table["method"] == method) & table["best_s"]].iloc[0]
+        s = selection["n_subspaces"]
+        assert parent.data.tags[f"selection.{method}.w2_k1.S"] == str(s)
+        for setting in ("lambda1", "lambda2", "tau"):
+            tag = parent.data.tags[f"selection.{method}.w2_k1_S{s}.{setting}"]
+            assert float(tag) == selection[setting]
+        assert parent.data.tags[f"selection.{method}.w2_k1_S{s}.distance"] == \
+            selection["distance"]
 
 
 def test_the_best_checkpoint_is_an_mlflow_model_with_a_signature(bench):

@@ -202,10 +202,13 @@ def _log_files(parent: tracking.RunTracker, files: Iterable[Path], folder: str) 
 
 
 def log_selection_and_tables(cfg: Mapping[str, Any], tables: Iterable[str | Path]) -> None:
-    """Selection (file, and the chosen S and lambdas as tags), every table, the main table's
-    numbers as metrics, into the benchmark's parent run."""
+    """Selection (file, and every method's chosen settings as tags
+    ``selection.{method}.w{way}_k{shot}_S{S}.{setting}`` and
+    ``selection.{method}.w{way}_k{shot}.S``), every table, the main table's numbers as
+    metrics, into the benchmark's parent run."""
     import pandas as pd
 
+    from subspace_fsl.results import CONFIG_COLUMNS
     from subspace_fsl.selection import read_selection
 
     parent = _parent(cfg)
@@ -216,12 +219,17 @@ def log_selection_and_tables(cfg: Mapping[str, Any], tables: Iterable[str | Path
     if selection_file.is_file():
         parent.log_artifact(selection_file, "selection")
         tags = {}
-        for row in read_selection(selection_file).itertuples():
-            cell = f"selection.w{row.way}_k{row.shot}_S{row.n_subspaces}"
-            tags[f"{cell}.lambda1"] = paths.format_number(row.lambda1)
-            tags[f"{cell}.lambda2"] = paths.format_number(row.lambda2)
-            if row.best_s:
-                tags[f"selection.w{row.way}_k{row.shot}.S"] = str(row.n_subspaces)
+        for _, row in read_selection(selection_file).iterrows():
+            way_shot = f"selection.{row['method']}.w{row['way']}_k{row['shot']}"
+            cell = f"{way_shot}_S{row['n_subspaces']}"
+            for setting in CONFIG_COLUMNS:
+                if setting != "n_subspaces":
+                    value = row[setting]
+                    tags[f"{cell}.{setting}"] = (paths.format_number(value)
+                                                 if setting in ("lambda1", "lambda2", "tau")
+                                                 else str(value))
+            if row["best_s"]:
+                tags[f"{way_shot}.S"] = str(row["n_subspaces"])
         parent.set_tags(tags)
     files = [Path(p) for p in tables]
     _log_files(parent, files, "tables")

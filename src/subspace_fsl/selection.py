@@ -102,6 +102,14 @@ def chosen(selection: pd.DataFrame, method: str, way: int, shot: int) -> pd.Seri
     return rows.iloc[0]
 
 
+def run_name_of(row: Mapping[str, Any] | pd.Series, seed: int, **changes: Any) -> str:
+    """The run name of a selection row's settings (``CONFIG_COLUMNS``) at ``seed``, with
+    ``changes`` (e.g. another ``lambda1``) applied."""
+    settings = {c: row[c] for c in CONFIG_COLUMNS} | changes
+    plain = {k: v.item() if hasattr(v, "item") else v for k, v in settings.items()}
+    return paths.run_name(int(row["way"]), int(row["shot"]), seed=int(seed), **plain)
+
+
 def write_selection(selection: pd.DataFrame, path: str | Path) -> Path:
     atomic_write_text(path, selection.to_csv(index=False))
     return Path(path)

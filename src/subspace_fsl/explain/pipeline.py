@@ -70,21 +70,27 @@ class Target:
 
 def targets(cfg: Mapping[str, Any], selection: pd.DataFrame) -> list[Target]:
     """The models of the module docstring, from the selection table."""
+    from subspace_fsl.selection import chosen as chosen_row
+    from subspace_fsl.selection import run_name_of
+
     method = grid.method_name(cfg)
     out: list[Target] = []
-    for row in selection.itertuples():
-        s, l2 = int(row.n_subspaces), float(row.lambda2)
-        lambda1s = cfg["grid"]["lambda1"] if s > 1 else [float(row.lambda1)]
+    ours = selection[selection["method"] == method]
+    for _, row in ours.iterrows():
+        s = int(row["n_subspaces"])
+        lambda1s = cfg["grid"]["lambda1"] if s > 1 else [float(row["lambda1"])]
         for l1 in lambda1s:
             for seed in cfg["grid"]["seeds"]:
-                chosen = bool(row.best_s) and math.isclose(l1, row.lambda1) \
+                chosen = bool(row["best_s"]) and math.isclose(l1, row["lambda1"]) \
                     and seed == cfg["grid"]["seeds"][0]
-                out.append(Target(method, paths.run_name(row.way, row.shot, s, l1, l2, seed),
-                                  chosen))
-    for run in grid.baseline_runs(cfg):
-        key = run.key
-        if (key.way, key.shot) in set(zip(selection["way"], selection["shot"], strict=True)):
-            out.append(Target(run.method, run.name, False))
+                out.append(Target(method, run_name_of(row, seed, lambda1=float(l1)), chosen))
+    # each baseline at its validation-chosen setting, every seed
+    cells = sorted(set(zip(ours["way"], ours["shot"], strict=True)))
+    for name in grid.baseline_names(cfg):
+        for way, shot in cells:
+            row = chosen_row(selection, name, int(way), int(shot))
+            for seed in cfg["grid"]["seeds"]:
+                out.append(Target(name, run_name_of(row, seed), False))
     return out
 
 
