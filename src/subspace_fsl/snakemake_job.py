@@ -12,8 +12,9 @@ reordered config file changes nothing):
   no ``grid`` section, so adding a grid value leaves the existing runs alone);
 - ``init_tracking``, ``select``, ``tables``, ``plots``, ``explain``: every result setting
   (:func:`subspace_fsl.grid.result_settings`; ``init_tracking`` makes the benchmark's MLflow
-  parent run of exactly this grid, which the training jobs read through an ``ancient`` input,
-  so a new parent re-trains nothing);
+  parent run of exactly this grid; it is an input of the tables and plots stages, which log
+  into it and move every run of the grid under it, not of the training jobs: each makes the
+  store itself, safely under concurrency, so a new parent re-trains nothing);
 - every rule: the ``runtime`` and ``tracking`` sections with the job's ``threads`` filled in, as
   a function of ``threads``: Snakemake treats such a param as derived and leaves it out of the
   rerun trigger, so moving a run to another device or tracking server re-runs nothing.

@@ -7,6 +7,7 @@ rule tables:
         eval_files("novel"),
         selection=paths.selection_path(config),
         split=paths.split_path(config),
+        tracking=paths.tracking_marker(config),
     output:
         [
             report(
@@ -39,6 +40,7 @@ rule plots:
         history_files(),
         selection=paths.selection_path(config),
         split=paths.split_path(config),
+        tracking=paths.tracking_marker(config),
     output:
         [
             (

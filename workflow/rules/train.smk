@@ -34,9 +34,6 @@ rule train:
     input:
         cache=paths.cache_dir(config),
         split=paths.split_path(config),
-        # read when a job starts (the parent run's id); ancient: a new parent for a changed
-        # grid must not re-train the runs it keeps
-        tracking=ancient(paths.tracking_marker(config)),
         pretrained=pretrained_input,
     output:
         best=RUN_DIR / "best.pt",
