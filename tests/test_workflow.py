@@ -345,11 +345,11 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert _changed_run(tmp_path, config, {"grid": {"lambda2": [0, 0.1, 0.3]}}) == {
         "init_tracking": 1, "train": 1, "evaluate": 2, **report_jobs}
     assert _changed_run(tmp_path, config, {"split": {"seed": 1}}) == {
-        "split": 1, "pretrain": 1, "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
+        "split": 1, "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8, **report_jobs}
     assert _changed_run(tmp_path, config, {"train": {"lr": 0.01}}) == {
-        "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
+        "init_tracking": 1, "train": 4, "evaluate": 8, **report_jobs}
     assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
-        "pretrain": 1, "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
+        "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8, **report_jobs}
 
     # deleting one model re-runs exactly what depends on it
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))
