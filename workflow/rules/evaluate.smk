@@ -62,7 +62,7 @@ rule evaluate_shot:
     message:
         "evaluate {wildcards.method}/{wildcards.run} on {wildcards.split} at {wildcards.shot} shots"
     script:
-        "../scripts/evaluate.py"
+        "../scripts/evaluate_shot.py"
 
 
 rule select:
