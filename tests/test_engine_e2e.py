@@ -120,6 +120,37 @@ def test_evaluation_writes_episode_table_and_summary(workspace: Path, trained: P
     assert (evaluated / "config.yaml").is_file()
 
 
+def test_a_model_evaluated_at_two_shots_writes_two_labelled_evaluations(
+        workspace: Path, trained: Path, evaluated: Path):
+    # trained at 2 shots; --shot 1 writes eval/novel_shot1 beside the training shot's eval/novel
+    assert main(["evaluate", "--run", str(trained), "--split", "novel", "--shot", "1"]) == 0
+    other = trained / "eval" / "novel_shot1"
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (other, evaluated))
+    assert (one["shot"], one["train_shot"], two["shot"], two["train_shot"]) == (1, 2, 2, 2)
+    assert one["provenance"]["eval.shot"] == 1 and two["provenance"]["eval.shot"] == 2
+    # the episodes are the eval.seed plans of 1 and of 2 shots, built here from the labels
+    from subspace_fsl.data.episodes import episode_plan
+    from subspace_fsl.tracking import episodes_digest
+
+    cfg = load_config(trained / "config.yaml")
+    data = open_data(cfg)
+    classes = data.split_classes("novel")
+    plans = {k: episode_plan(data.labels, classes, 2, k, 3, EVAL_EPISODES, 2024) for k in (1, 2)}
+    assert {len(e.support_idx) for e in plans[1]} == {2}  # 2-way 1-shot
+    assert one["episodes_digest"] == episodes_digest(plans[1])
+    assert two["episodes_digest"] == episodes_digest(plans[2])
+    assert one["episodes_digest"] != two["episodes_digest"]
+    model, _ = load_model(trained / "best.pt", configure(cfg))
+    accuracies = pd.read_csv(other / "episodes.csv")["accuracy"].to_numpy()
+    expected = episode_accuracies(model, data, plans[1], 32, configure(cfg))
+    np.testing.assert_allclose(accuracies, expected)
+    # its own MLflow names: the training shot's novel_acc stays that evaluation's
+    client = MlflowClient(tracking_uri(load_config(trained / "config.yaml")))
+    run = client.get_run(recorded_run_id(trained))
+    assert run.data.metrics["novel_shot1_acc"] == pytest.approx(one["mean"])
+    assert run.data.metrics["novel_acc"] == pytest.approx(two["mean"])
+
+
 def test_validation_during_training_is_the_evaluation_code_path(trained: Path, tmp_path: Path):
     # the best checkpoint's recorded validation accuracy is reproduced by `evaluate --split val`
     out = tmp_path / "val"

@@ -15,7 +15,11 @@ EPISODES = 40
 
 
 def _cfg(tmp_path, seeds=(0,)):
-    return load_config(overrides=[
+    return load_config(overrides=_cfg_overrides(tmp_path, seeds))
+
+
+def _cfg_overrides(tmp_path, seeds=(0, 1)):
+    return [
         f"results_dir={tmp_path / 'results'}",
         "dataset.name=fab",
         "grid.way=[5]", "grid.shot=[1, 5]", "grid.n_subspaces=[1, 4]",
@@ -26,7 +30,7 @@ def _cfg(tmp_path, seeds=(0,)):
         " dsn: {head: dsn, n_subspaces: 1, lambda1: 0, lambda2: 0.03,"
         " grid: {tau: [1, 'learn:10']}}}",
         f"eval.episodes={EPISODES}",
-    ])
+    ]
 
 
 def _true_accuracy(run: grid.Run, split: str) -> float:
@@ -275,3 +279,41 @@ def test_cli_select_tables_plots(tmp_path, capsys):
     assert main(["runs", "--config", str(config)]) == 0
     runs = capsys.readouterr().out.split()
     assert len(runs) == len(grid.all_runs(cfg)) and "dsn/w5_k1_S1_l1-0_l2-0.03_seed0" in runs
+
+
+def test_eval_shots_label_the_training_shot_and_pair_within_one_eval_shot(tmp_path):
+    # trained at 5 shots only, evaluated on the novel classes at 1 and 5 shots
+    cfg = load_config(overrides=[*_cfg_overrides(tmp_path), "grid.shot=[5]",
+                                 "eval.shots=[1, 5]"])
+    _fabricate(cfg)
+    rng = np.random.default_rng(1)
+    one_shot = {}  # another episode plan: its own per-episode accuracies, lower
+    noise = rng.normal(0, 0.05, EPISODES)
+    for run in grid.all_runs(cfg):
+        out = paths.eval_dir(cfg, run.method, "novel", run.name, 1)
+        out.mkdir(parents=True)
+        acc = np.clip(_true_accuracy(run, "novel") - 0.15 + noise
+                      + rng.normal(0, 0.01, EPISODES), 0, 1)
+        one_shot[run.name, run.method] = acc
+        pd.DataFrame({"episode": np.arange(EPISODES), "seed": 2024, "accuracy": acc}
+                     ).to_csv(out / "episodes.csv", index=False)
+    results = report.load_results(cfg)
+    assert sorted(results.groupby(["split", "eval_shot"]).groups) == [
+        ("novel", 1), ("novel", 5), ("val", 5)]  # validation only at the training shot
+    selection.run_selection(cfg)
+    report.write_tables(cfg)
+    out = paths.tables_dir(cfg)
+    main = pd.read_csv(out / "main.csv")
+    assert sorted(zip(main["shot"], main["eval_shot"], strict=True)) == [(5, 1)] * 3 + [(5, 5)] * 3
+    md = (out / "main.md").read_text()
+    assert "5-way 1-shot (trained 5-shot)" in md and "| 5-way 5-shot |" in md
+    # the 1-shot cell is the mean of the 1-shot files at the settings chosen at 5 shots
+    row = main[(main["method"] == "protonet") & (main["eval_shot"] == 1)].iloc[0]
+    chosen = [paths.run_name(5, 5, 1, 0, 0, s, row["tau"], False, row["distance"])
+              for s in (0, 1)]
+    per_episode = np.mean([one_shot[name, "protonet"] for name in chosen], axis=0)
+    assert row["mean"] == pytest.approx(100 * per_episode.mean())
+    paired = pd.read_csv(out / "paired.csv")
+    assert len(paired) == 2 * 2  # 2 eval shots x 2 baselines, each on its own episodes
+    assert (paired["n_episodes"] == EPISODES).all()
+    assert "5-way 1-shot (trained 5-shot): multisubspace - dsn" in (out / "paired.md").read_text()

@@ -242,6 +242,7 @@ def test_end_to_end_tiny_grid(tmp_path):
     proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["train"] == 4 and counts["evaluate"] == 8 and counts["init_tracking"] == 1
+    assert counts["evaluate_shot"] == 4  # eval.shots [1, 2]: the novel classes at 2 shots too
     assert counts["pretrain"] == 1  # one pre-training shared by the four runs
 
     # the pre-trained backbone, and every run started from it
@@ -259,17 +260,21 @@ def test_end_to_end_tiny_grid(tmp_path):
         for ext in report.TABLE_FORMATS:
             assert (tables / f"{name}.{ext}").stat().st_size > 0
     main = pd.read_csv(tables / "main.csv")
-    assert sorted(main["method"]) == ["multisubspace", "protonet"]
+    assert sorted(zip(main["method"], main["eval_shot"], strict=True)) == [
+        ("multisubspace", 1), ("multisubspace", 2), ("protonet", 1), ("protonet", 2)]
+    assert (main["shot"] == 1).all()
     assert main["mean"].between(0, 100).all() and (main["n_episodes"] == 6).all()
     assert set(main["split_rule"]) == {"class split random (seed 0): 3 base / 3 validation / "
                                        "3 novel classes"}
     md = (tables / "main.md").read_text()
     assert "| multisubspace |" in md and "| protonet |" in md and "3-way 1-shot" in md
+    assert "3-way 2-shot (trained 1-shot)" in md
     assert len(pd.read_csv(tables / "lambdas.csv")) == 2
     assert len(pd.read_csv(tables / "subspaces.csv")) == 1
     assert len(pd.read_csv(tables / "constraints.csv")) == len(report.CONSTRAINT_VARIANTS)
     paired = pd.read_csv(tables / "paired.csv")
-    assert list(paired["baseline"]) == ["protonet"] and (paired["n_episodes"] == 6).all()
+    assert list(paired["baseline"]) == ["protonet"] * 2 and (paired["n_episodes"] == 6).all()
+    assert list(paired["eval_shot"]) == [1, 2]
     selection = pd.read_csv(paths.selection_path(cfg))
     val = {l2: pd.read_csv(paths.eval_dir(cfg, "multisubspace", "val",
                                           paths.run_name(3, 1, 2, 0.1, l2, 0))
@@ -285,7 +290,8 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert proto["budget"].item() == 2 and ours["budget"].item() == 2
     chosen_tau = paths.format_number(proto["tau"].item())
     assert f"| protonet: chosen on validation | τ={chosen_tau} (best of 2 on validation) |" in md
-    assert main.loc[main["method"] == "protonet", "tau"].item() == proto["tau"].item()
+    # the training shot's choice at every evaluation shot
+    assert set(main.loc[main["method"] == "protonet", "tau"]) == {proto["tau"].item()}
 
     # every plot
     plots = paths.plots_dir(cfg)
@@ -343,18 +349,21 @@ def test_end_to_end_tiny_grid(tmp_path):
     # re-trains nothing, through the train rule's ancient input)
     report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "all": 1}
     assert _changed_run(tmp_path, config, {"grid": {"lambda2": [0, 0.1, 0.3]}}) == {
-        "init_tracking": 1, "train": 1, "evaluate": 2, **report_jobs}
+        "init_tracking": 1, "train": 1, "evaluate": 2, "evaluate_shot": 1, **report_jobs}
     assert _changed_run(tmp_path, config, {"split": {"seed": 1}}) == {
-        "split": 1, "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8, **report_jobs}
+        "split": 1, "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8,
+        "evaluate_shot": 4, **report_jobs}
     assert _changed_run(tmp_path, config, {"train": {"lr": 0.01}}) == {
-        "init_tracking": 1, "train": 4, "evaluate": 8, **report_jobs}
+        "init_tracking": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4, **report_jobs}
     assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
-        "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8, **report_jobs}
+        "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4,
+        **report_jobs}
 
     # deleting one model re-runs exactly what depends on it
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))
     dry = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
-    assert job_counts(dry.stdout + dry.stderr) == {"train": 1, "evaluate": 2, **report_jobs}
+    assert job_counts(dry.stdout + dry.stderr) == {"train": 1, "evaluate": 2, "evaluate_shot": 1,
+                                                   **report_jobs}
     assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
     assert "protonet/w3_k1_S1_l1-0_l2-0_t10_seed0/best.pt" not in re.sub(
         r"input:.*", "", dry.stdout + dry.stderr)

@@ -179,9 +179,28 @@ def run_dir(cfg: Mapping[str, Any], method: str, run: str | None = None) -> Path
     return runs_root(cfg) / method / (run if run is not None else run_name_of(cfg))
 
 
-def eval_dir(cfg: Mapping[str, Any], method: str, split: str, run: str | None = None) -> Path:
-    """Where the evaluation of a run on ``split`` (``val`` or ``novel``) writes its files."""
-    return run_dir(cfg, method, run) / "eval" / split
+def eval_dir(cfg: Mapping[str, Any], method: str, split: str, run: str | None = None,
+             shot: int | None = None) -> Path:
+    """Where the evaluation of a run on ``split`` (``val`` or ``novel``) writes its files:
+    ``eval/{split}`` at the run's training shot (``shot=None``), ``eval/{split}_shot{k}`` at
+    another evaluation shot ``k`` (``eval.shots``)."""
+    return run_dir(cfg, method, run) / "eval" / (split if shot is None else f"{split}_shot{shot}")
+
+
+def eval_shots(cfg: Mapping[str, Any], split: str, train_shot: int) -> list[int]:
+    """The shots a model trained at ``train_shot`` is evaluated at on ``split``: the
+    validation split (which the selection reads) only at the training shot; the novel classes
+    at every shot of ``eval.shots`` (null: the training shot), the training shot first."""
+    shots = cfg.get("eval", {}).get("shots")
+    if split != "novel" or not shots:
+        return [train_shot]
+    return sorted(set(shots), key=lambda k: (k != train_shot, k))
+
+
+def eval_shot_dir(cfg: Mapping[str, Any], method: str, split: str, run: str, train_shot: int,
+                  shot: int) -> Path:
+    """:func:`eval_dir` of the evaluation at ``shot`` of a run trained at ``train_shot``."""
+    return eval_dir(cfg, method, split, run, None if shot == train_shot else shot)
 
 
 def selection_path(cfg: Mapping[str, Any]) -> Path:

@@ -4,7 +4,8 @@ One long table (:func:`load_results`) feeds both the validation choices
 (``subspace_fsl.selection``) and the report (``subspace_fsl.report``); it lives here so that
 neither of those imports the other. The key columns are a run's grid coordinates (what its
 name encodes, ``paths.RunKey``): :data:`CONFIG_COLUMNS` are what a method chooses on
-validation, ``seed`` is a replicate.
+validation, ``seed`` is a replicate; ``eval_shot`` is the shot an evaluation was made at
+(``shot`` is the training shot; they differ for the other shots of ``eval.shots``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ HISTORY_FILE = "history.csv"
 CONFIG_COLUMNS = ["n_subspaces", "lambda1", "lambda2", "tau", "learn_tau", "distance",
                   "embed"]
 KEY_COLUMNS = ["method", "way", "shot", *CONFIG_COLUMNS, "seed"]
+#: the columns of :func:`load_results`
+RESULT_COLUMNS = [*KEY_COLUMNS, "eval_shot", "run", "split", "episode", "accuracy"]
 
 
 def key_frame(run: grid.Run) -> dict[str, Any]:
@@ -31,21 +34,31 @@ def key_frame(run: grid.Run) -> dict[str, Any]:
 
 def load_results(cfg: Mapping[str, Any], splits: Sequence[str] = paths.SPLITS,
                  runs: Iterable[grid.Run] | None = None) -> pd.DataFrame:
-    """Long per-episode table of every run of the grid: the key columns, ``run``, ``split``,
-    ``episode`` and ``accuracy`` (a fraction). Missing evaluations raise FileNotFoundError."""
+    """Long per-episode table of every run of the grid: the key columns, ``eval_shot``,
+    ``run``, ``split``, ``episode`` and ``accuracy`` (a fraction), one evaluation per
+    (run, split, eval shot of ``paths.eval_shots``). Missing evaluations raise
+    FileNotFoundError."""
     frames, missing = [], []
     for run in (grid.all_runs(cfg) if runs is None else runs):
+        key = key_frame(run)
         for split in splits:
-            path = paths.eval_dir(cfg, run.method, split, run.name) / EPISODES_FILE
-            if not path.is_file():
-                missing.append(str(path))
-                continue
-            table = pd.read_csv(path)[["episode", "accuracy"]]
-            frames.append(table.assign(split=split, **key_frame(run)))
+            for shot in paths.eval_shots(cfg, split, key["shot"]):
+                path = (paths.eval_shot_dir(cfg, run.method, split, run.name, key["shot"], shot)
+                        / EPISODES_FILE)
+                if not path.is_file():
+                    missing.append(str(path))
+                    continue
+                table = pd.read_csv(path)[["episode", "accuracy"]]
+                frames.append(table.assign(split=split, eval_shot=shot, **key))
     if missing:
         raise FileNotFoundError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
-    columns = [*KEY_COLUMNS, "run", "split", "episode", "accuracy"]
-    return pd.concat(frames, ignore_index=True)[columns]
+    return pd.concat(frames, ignore_index=True)[RESULT_COLUMNS]
+
+
+def at_training_shot(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of evaluations made at the training shot (what validation choices, the
+    per-setting tables and the plots read)."""
+    return results[results["eval_shot"] == results["shot"]]
 
 
 def load_histories(cfg: Mapping[str, Any], runs: Iterable[grid.Run] | None = None

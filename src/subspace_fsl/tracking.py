@@ -650,10 +650,15 @@ def log_evaluation(
 ) -> None:
     """An evaluation into its training run: ``novel_acc``/``novel_ci95``/``novel_std`` (or
     ``val_eval_*``) at the checkpoint's episode, the episodes' digest as the tag
-    ``{split}_episodes_digest``, and its files under ``eval/{split}``."""
+    ``{split}_episodes_digest``, and its files under ``eval/{split}``; an evaluation at a
+    shot other than the training one (``eval.shots``) is ``novel_shot{k}_acc``, ... and
+    ``eval/novel_shot{k}``."""
     split = summary["split"]
     tracker = open_run(cfg, run_dir)
     prefix = EVAL_PREFIX.get(split, f"{split}_eval")
+    if summary.get("train_shot", summary.get("shot")) != summary.get("shot"):
+        # its own names: the training-shot evaluation's metrics stay what they are
+        prefix, split = f"{prefix}_shot{summary['shot']}", f"{split}_shot{summary['shot']}"
     tracker.log_metrics(
         {f"{prefix}_acc": summary["mean"], f"{prefix}_ci95": summary["ci95"],
          f"{prefix}_std": summary["std"]},

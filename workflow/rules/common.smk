@@ -17,12 +17,14 @@ BENCHMARKS = paths.benchmarks_dir(config)
 
 RUN_DIR = paths.run_dir(config, "{method}", "{run}")
 EVAL_DIR = paths.eval_dir(config, "{method}", "{split}", "{run}")
+EVAL_SHOT_DIR = paths.eval_dir(config, "{method}", "{split}", "{run}", "{shot}")
 
 
 wildcard_constraints:
     method="|".join(re.escape(m) for m in METHODS),
     run=paths.RUN_WILDCARD,
     split="|".join(paths.SPLITS),
+    shot=r"\d+",
 
 
 def stage_settings(stage):
@@ -47,7 +49,12 @@ def runtime_settings(wildcards, threads):
 
 
 def eval_files(split, name="episodes.csv"):
-    return [paths.eval_dir(config, run.method, split, run.name) / name for run in RUNS]
+    """Every run's evaluations on ``split``: at each of its eval shots (paths.eval_shots)."""
+    return [
+        paths.eval_shot_dir(config, run.method, split, run.name, run.key.shot, shot) / name
+        for run in RUNS
+        for shot in paths.eval_shots(config, split, run.key.shot)
+    ]
 
 
 def model_files():

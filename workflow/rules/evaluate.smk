@@ -32,6 +32,39 @@ rule evaluate:
         "../scripts/evaluate.py"
 
 
+# the novel classes at another shot of eval.shots (eval/novel_shot{k}): its own episode plan
+# of that shot, same eval.seed, so every model's k-shot evaluation is on identical episodes
+rule evaluate_shot:
+    input:
+        best=RUN_DIR / "best.pt",
+        cache=paths.cache_dir(config),
+        split=paths.split_path(config),
+    output:
+        episodes=EVAL_SHOT_DIR / "episodes.csv",
+        summary=EVAL_SHOT_DIR / "summary.json",
+    log:
+        LOGS / "evaluate" / "{method}" / "{run}.{split}_shot{shot}.log",
+    benchmark:
+        BENCHMARKS / "evaluate" / "{method}" / "{run}.{split}_shot{shot}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        settings=run_settings,
+        runtime=runtime_settings,
+        shot=lambda wildcards: int(wildcards.shot),
+        out_dir=lambda wildcards: paths.eval_dir(
+            config, wildcards.method, wildcards.split, wildcards.run, int(wildcards.shot)
+        ),
+    message:
+        "evaluate {wildcards.method}/{wildcards.run} on {wildcards.split} at {wildcards.shot} shots"
+    script:
+        "../scripts/evaluate_shot.py"
+
+
 rule select:
     input:
         eval_files("val"),

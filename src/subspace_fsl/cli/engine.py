@@ -48,9 +48,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, args.overrides)
     tracking.check_store(cfg)  # evaluate logs at the end: check the store first
     checkpoint = Path(args.checkpoint) if args.checkpoint else run / "best.pt"
-    out = Path(args.out) if args.out else run / "eval" / args.split
+    train_shot = None if args.shot is None else cfg["train"]["shot"]
+    shot = None if args.shot == train_shot else args.shot
+    out = Path(args.out) if args.out else run / "eval" / (
+        args.split if shot is None else f"{args.split}_shot{shot}")
     summary = evaluate(
-        cfg, checkpoint, args.split, out, split_file=args.split_file, cache_dir=args.cache
+        cfg, checkpoint, args.split, out, split_file=args.split_file, cache_dir=args.cache,
+        shot=shot,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -111,7 +115,11 @@ def register(sub: SubParsers) -> None:
     parser.add_argument("--split", choices=("novel", "val"), default="novel",
                         help="classes to evaluate on (val: for choosing lambdas); default novel")
     parser.add_argument("--checkpoint", metavar="PT", help="default RUN_DIR/best.pt")
-    parser.add_argument("--out", "-o", metavar="DIR", help="default RUN_DIR/eval/SPLIT")
+    parser.add_argument("--shot", type=int, metavar="K",
+                        help="support images per class (default: the training shot)")
+    parser.add_argument("--out", "-o", metavar="DIR",
+                        help="default RUN_DIR/eval/SPLIT (RUN_DIR/eval/SPLIT_shotK at another "
+                             "shot K)")
     _data_arguments(parser)
 
     parser = command(

@@ -202,18 +202,20 @@ def evaluation_record(
     checkpoint: str | os.PathLike[str],
     split_name: str,
     split_file: str | os.PathLike[str],
+    shot: int | None = None,
 ) -> dict[str, Any]:
     """What an evaluation's numbers depend on: the checkpoint's and the split file's bytes
-    (sha256), the split evaluated, the episode shape (``train.way``, ``train.shot``,
-    ``eval.query``), ``eval.episodes`` and ``eval.seed``. Stored as ``provenance`` in
-    ``summary.json``."""
+    (sha256), the split evaluated, the episode shape (``train.way``, ``train.shot``, the
+    evaluation ``shot`` (None = the training shot), ``eval.query``), ``eval.episodes`` and
+    ``eval.seed``. Stored as ``provenance`` in ``summary.json``."""
     return provenance.stamp(
         {
             "checkpoint": provenance.file_digest(checkpoint),
             "split_file": provenance.file_digest(split_file),
             "split": split_name,
             "train": {"way": cfg["train"]["way"], "shot": cfg["train"]["shot"]},
-            "eval": {k: cfg["eval"][k] for k in ("episodes", "query", "seed")},
+            "eval": {**{k: cfg["eval"][k] for k in ("episodes", "query", "seed")},
+                     "shot": cfg["train"]["shot"] if shot is None else shot},
         }
     )
 
@@ -224,9 +226,11 @@ def check_evaluation(
     checkpoint: str | os.PathLike[str],
     split_name: str,
     split_file: str | os.PathLike[str],
+    shot: int | None = None,
 ) -> dict[str, Any]:
     """The ``summary.json`` of ``eval_dir`` if it was made from exactly this checkpoint,
-    split file and these settings; else ``provenance.ProvenanceError`` naming the file, the
+    split file and these settings (``shot``: the evaluation shot, None = the training one);
+    else ``provenance.ProvenanceError`` naming the file, the
     first differing input and both values (FileNotFoundError when there is none)."""
     path = Path(eval_dir) / "summary.json"
     if not path.is_file():
@@ -235,7 +239,7 @@ def check_evaluation(
     provenance.check(
         path,
         summary.get("provenance"),
-        evaluation_record(cfg, checkpoint, split_name, split_file),
+        evaluation_record(cfg, checkpoint, split_name, split_file, shot),
         remedy="evaluate again (subspace-fsl evaluate, or the workflow)",
     )
     return summary
@@ -249,8 +253,11 @@ def evaluate(
     *,
     split_file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    shot: int | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on ``split_name`` (``novel``, or ``val`` for choosing lambdas).
+    """Evaluate a checkpoint on ``split_name`` (``novel``, or ``val`` for choosing lambdas)
+    at ``shot`` support images per class (None: the training shot ``train.shot``; another
+    shot is one of ``eval.shots``, on the ``eval.seed`` plan of that shot).
 
     Writes ``episodes.csv`` (episode, seed, accuracy), ``config.yaml`` (the settings used:
     :func:`checkpoint_settings`) and, last, ``summary.json`` (with ``provenance``:
@@ -271,11 +278,13 @@ def evaluate(
     data = open_data(
         cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
     )
-    way, shot = cfg["train"]["way"], cfg["train"]["shot"]
-    check_head_episode(
-        model, way, shot, f"train.way={way}, train.shot={shot}", state["config"]["model"]
+    way, train_shot = cfg["train"]["way"], cfg["train"]["shot"]
+    shot = train_shot if shot is None else int(shot)
+    where = f"train.way={way}, " + (
+        f"train.shot={shot}" if shot == train_shot else f"evaluation shot {shot} (eval.shots)"
     )
-    plan = evaluation_plan(cfg, data, split_name)
+    check_head_episode(model, way, shot, where, state["config"]["model"])
+    plan = evaluation_plan(cfg, data, split_name, shot=shot)
     place_cache(data, runtime)
     log.info(
         "evaluating %s on %d %s episodes (%d-way %d-shot, %d queries per class)",
@@ -292,6 +301,7 @@ def evaluate(
         "episodes": len(plan),
         "way": way,
         "shot": shot,
+        "train_shot": train_shot,
         "query": cfg["eval"]["query"],
         "seed": cfg["eval"]["seed"],
         "split": split_name,
@@ -302,7 +312,7 @@ def evaluate(
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_episode": state.get("episode"),
         "data_stamp": data.stamp,
-        "provenance": evaluation_record(cfg, checkpoint, split_name, data.split_file),
+        "provenance": evaluation_record(cfg, checkpoint, split_name, data.split_file, shot),
         "episodes_digest": tracking.episodes_digest(plan),
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -65,14 +65,18 @@ def summarise(rows: pd.DataFrame) -> dict[str, float]:
 
 def cell_rows(results: pd.DataFrame, method: str, split: str, way: int, shot: int,
               n_subspaces: int | None = None, lambda1: float | None = None,
-              lambda2: float | None = None, **settings: Any) -> pd.DataFrame:
-    """The rows of one method at (way, shot) whose settings (``CONFIG_COLUMNS``; None = any)
-    match: floats by ``np.isclose``, the others exactly."""
+              lambda2: float | None = None, eval_shot: int | None = None,
+              **settings: Any) -> pd.DataFrame:
+    """The rows of one method trained at (way, shot) and evaluated at ``eval_shot`` (None:
+    the training shot) whose settings (``CONFIG_COLUMNS``; None = any) match: floats by
+    ``np.isclose``, the others exactly."""
     unknown = set(settings) - set(CONFIG_COLUMNS)
     if unknown:
         raise ValueError(f"unknown settings {sorted(unknown)}; known: {CONFIG_COLUMNS}")
     mask = ((results["method"] == method) & (results["split"] == split)
             & (results["way"] == way) & (results["shot"] == shot))
+    if "eval_shot" in results.columns:
+        mask &= results["eval_shot"] == (shot if eval_shot is None else eval_shot)
     wanted = {"n_subspaces": n_subspaces, "lambda1": lambda1, "lambda2": lambda2, **settings}
     for column, value in wanted.items():
         if value is None:
@@ -139,4 +143,16 @@ def way_shot_label(way: int, shot: int) -> str:
 
 def way_shots(cfg: Mapping[str, Any]) -> list[tuple[int, int]]:
     return [(w, k) for w in cfg["grid"]["way"] for k in cfg["grid"]["shot"]]
+
+
+def eval_cells(cfg: Mapping[str, Any]) -> list[tuple[int, int, int]]:
+    """(way, training shot, evaluation shot) of every novel-class column: each trained
+    (way, shot) at each of its ``eval.shots`` (``paths.eval_shots``)."""
+    return [(w, k, e) for w, k in way_shots(cfg) for e in paths.eval_shots(cfg, "novel", k)]
+
+
+def eval_label(way: int, shot: int, eval_shot: int) -> str:
+    """``5-way 1-shot``, or ``5-way 1-shot (trained 5-shot)`` when the shots differ."""
+    label = way_shot_label(way, eval_shot)
+    return label if eval_shot == shot else f"{label} (trained {shot}-shot)"
 

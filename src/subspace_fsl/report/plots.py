@@ -20,6 +20,7 @@ from subspace_fsl.report.common import (
 )
 from subspace_fsl.results import (
     CONFIG_COLUMNS,
+    at_training_shot,
     load_histories,
     load_results,
 )
@@ -163,7 +164,7 @@ def write_plots(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> li
     import matplotlib
 
     matplotlib.use("Agg")
-    results = load_results(cfg)
+    results = at_training_shot(load_results(cfg))  # the plots are at the training shot
     selection = read_selection(paths.selection_path(cfg))
     histories = load_histories(cfg)
     out = Path(out_dir) if out_dir is not None else paths.plots_dir(cfg)

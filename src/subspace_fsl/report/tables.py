@@ -25,6 +25,8 @@ from subspace_fsl.config import atomic_write_text
 from subspace_fsl.report.common import (
     cell_rows,
     config_of,
+    eval_cells,
+    eval_label,
     format_cell,
     paired_episodes,
     protocol_description,
@@ -37,6 +39,7 @@ from subspace_fsl.report.common import (
 )
 from subspace_fsl.results import (
     CONFIG_COLUMNS,
+    at_training_shot,
     load_results,
 )
 from subspace_fsl.selection import chosen, read_selection, simplicity_order
@@ -87,13 +90,15 @@ def main_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Data
     selection budget (validation configurations compared) next to the accuracy."""
     method = grid.method_name(cfg)
     records, cells = [], []
-    for way, shot in way_shots(cfg):
-        col = way_shot_label(way, shot)
+    for way, shot, eval_shot in eval_cells(cfg):
+        col = eval_label(way, shot, eval_shot)
         for name in [method, *grid.baseline_names(cfg)]:
-            row = chosen(selection, name, way, shot)
+            row = chosen(selection, name, way, shot)  # chosen on validation at the training shot
             config = config_of(row)
-            summary = summarise(cell_rows(results, name, "novel", way, shot, **config))
-            records.append({"method": name, "way": way, "shot": shot, **config, **summary,
+            summary = summarise(cell_rows(results, name, "novel", way, shot, **config,
+                                          eval_shot=eval_shot))
+            records.append({"method": name, "way": way, "shot": shot, "eval_shot": eval_shot,
+                            **config, **summary,
                             "budget": int(row["budget"]), "chosen_on": "validation"})
             cells.append((name, col, summary))
             cells.append((f"{name}: chosen on validation", col,
@@ -219,20 +224,23 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
     validation-chosen settings (named, with each one's selection budget)."""
     method = grid.method_name(cfg)
     records = []
-    for way, shot in way_shots(cfg):
+    # pairs only within one evaluation shot: the same (way, eval shot) means the same episodes
+    for way, shot, eval_shot in eval_cells(cfg):
         mine = chosen(selection, method, way, shot)
         ours_config = config_of(mine)
-        ours = paired_episodes(cell_rows(results, method, "novel", way, shot, **ours_config))
+        ours = paired_episodes(cell_rows(results, method, "novel", way, shot, **ours_config,
+                                         eval_shot=eval_shot))
         for name in grid.baseline_names(cfg):
             theirs_row = chosen(selection, name, way, shot)
             theirs_config = config_of(theirs_row)
             theirs = paired_episodes(cell_rows(results, name, "novel", way, shot,
-                                               **theirs_config))
+                                               **theirs_config, eval_shot=eval_shot))
             common = ours.index.intersection(theirs.index)
             if len(common) != len(ours) or len(common) != len(theirs):
                 raise ValueError(f"{method} and {name} were not evaluated on the same episodes")
             r = stats.paired_compare(ours.loc[common].to_numpy(), theirs.loc[common].to_numpy())
-            records.append({"way": way, "shot": shot, "method": method, **ours_config,
+            records.append({"way": way, "shot": shot, "eval_shot": eval_shot,
+                            "method": method, **ours_config,
                             "budget": int(mine["budget"]), "baseline": name,
                             **{f"baseline_{k}": v for k, v in theirs_config.items()},
                             "baseline_budget": int(theirs_row["budget"]),
@@ -245,7 +253,8 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
     data["test"] = PAIRED_TESTS
     md_rows, tex_rows = [], []
     for _, r in data.iterrows():
-        label = f"{way_shot_label(r['way'], r['shot'])}: {method} - {r['baseline']}"
+        label = (f"{eval_label(r['way'], r['shot'], r['eval_shot'])}: "
+                 f"{method} - {r['baseline']}")
         baseline_config = {k: r[f"baseline_{k}"] for k in CONFIG_COLUMNS}
         values = {f"{method} (chosen on validation)":
                   settings_text(cfg, method, r, int(r["budget"])),
@@ -269,10 +278,12 @@ def build_tables(cfg: Mapping[str, Any], results: pd.DataFrame,
                  selection: pd.DataFrame) -> list[Table]:
     context = (f"Split rule: {split_description(cfg)}. {SELECTION_RULE}. "
                f"{protocol_description(cfg, results[results['split'] == 'novel'])}.")
+    # the per-setting tables at the training shot; main and paired at every eval shot
+    trained = at_training_shot(results)
     return [main_table(cfg, results, selection, context),
-            subspaces_table(cfg, results, selection, context),
-            lambdas_table(cfg, results, selection, context),
-            constraints_table(cfg, results, context),
+            subspaces_table(cfg, trained, selection, context),
+            lambdas_table(cfg, trained, selection, context),
+            constraints_table(cfg, trained, context),
             paired_table(cfg, results, selection, context)]
 
 

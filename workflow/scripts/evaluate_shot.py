@@ -1,0 +1,9 @@
+"""Rule evaluate_shot: one model on the novel episodes at another shot of eval.shots
+(engine.evaluate.evaluate with shot)."""
+from subspace_fsl.engine.evaluate import evaluate
+from subspace_fsl.snakemake_job import job
+
+with job(snakemake) as cfg:
+    evaluate(cfg, snakemake.input.best, snakemake.wildcards.split, snakemake.params.out_dir,
+             split_file=snakemake.input.split, cache_dir=snakemake.input.cache,
+             shot=snakemake.params.shot)
