@@ -90,6 +90,7 @@ def baseline_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
         "subspace_dim": entry.get("subspace_dim", cfg["model"]["subspace_dim"]),
         "lambda1": entry.get("lambda1", cfg["train"]["lambda1"]),
         "lambda2": entry.get("lambda2", cfg["train"]["lambda2"]),
+        "flip_support": entry.get("flip_support", cfg["model"].get("flip_support", "never")),
         "tau": list(own.get("tau", [paths.DEFAULT_TAU])),
         "distance": list(own.get("distance", ["squared"])),
         "embed": list(own.get("embed", ["joint"])),
@@ -152,15 +153,16 @@ def run_config(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]
     out = copy.deepcopy(dict(cfg))
     if method == method_name(cfg):
         head, subspace_dim = method, cfg["model"]["subspace_dim"]
+        flip = cfg["model"].get("flip_support", "never")
     elif method in cfg["grid"]["baselines"]:
         b = baseline_settings(cfg, method)
-        head, subspace_dim = b["head"], b["subspace_dim"]
+        head, subspace_dim, flip = b["head"], b["subspace_dim"], b["flip_support"]
     else:
         raise ValueError(f"unknown method {method!r}; the grid has "
                          f"{', '.join([method_name(cfg), *baseline_names(cfg)])}")
     out["model"] = {**out["model"], "head": head, "n_subspaces": key.n_subspaces,
                     "subspace_dim": subspace_dim, "tau": key.tau, "learn_tau": key.learn_tau,
-                    "distance": key.distance, "embed": key.embed}
+                    "distance": key.distance, "embed": key.embed, "flip_support": flip}
     out["train"] = {**out["train"], "way": key.way, "shot": key.shot, "lambda1": key.lambda1,
                     "lambda2": key.lambda2, "seed": key.seed}
     return out
