@@ -61,10 +61,10 @@ def job_counts(output: str) -> dict[str, int]:
 # output folders moved into each test's tmp_path
 TINY = {k: v for k, v in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
         if k not in ("results_dir", "data_dir")}
-RUN_NAMES = {("multisubspace", "w3_k1_S2_l1-0.1_l2-0_seed0"),
-             ("multisubspace", "w3_k1_S2_l1-0.1_l2-0.1_seed0"),
-             ("protonet", "w3_k1_S1_l1-0_l2-0_seed0"),
-             ("protonet", "w3_k1_S1_l1-0_l2-0_t10_seed0")}
+RUN_NAMES = {("multisubspace", "w3_k1_S2_l1-0.1_l2-0_anone_seed0"),
+             ("multisubspace", "w3_k1_S2_l1-0.1_l2-0.1_anone_seed0"),
+             ("protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0"),
+             ("protonet", "w3_k1_S1_l1-0_l2-0_t10_anone_seed0")}
 
 
 def _write_config(tmp: Path, settings: dict, name: str = "tiny.yaml") -> Path:
@@ -325,7 +325,7 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert job_counts(again.stdout + again.stderr) == {}
 
     # each job's log holds what it said, and its run folder the settings it ran with
-    protonet = paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0")
+    protonet = paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0")
     train_log = (paths.logs_dir(cfg) / "train" / "protonet" / f"{protonet.name}.log").read_text()
     assert "training finished" in train_log and "Traceback" not in train_log
     assert "novel accuracy" in (paths.logs_dir(cfg) / "evaluate" / "protonet"
@@ -352,10 +352,10 @@ def test_end_to_end_tiny_grid(tmp_path):
         "pretrain": 1, "init_tracking": 1, "train": 3, "evaluate": 6, **report_jobs}
 
     # deleting one model re-runs exactly what depends on it
-    shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))
+    shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0"))
     dry = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
     assert job_counts(dry.stdout + dry.stderr) == {"train": 1, "evaluate": 2, **report_jobs}
-    assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
-    assert "protonet/w3_k1_S1_l1-0_l2-0_t10_seed0/best.pt" not in re.sub(
+    assert "protonet/w3_k1_S1_l1-0_l2-0_anone_seed0" in dry.stdout + dry.stderr
+    assert "protonet/w3_k1_S1_l1-0_l2-0_t10_anone_seed0/best.pt" not in re.sub(
         r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)

@@ -79,8 +79,9 @@ def targets(cfg: Mapping[str, Any], selection: pd.DataFrame) -> list[Target]:
             for seed in cfg["grid"]["seeds"]:
                 chosen = bool(row.best_s) and math.isclose(l1, row.lambda1) \
                     and seed == cfg["grid"]["seeds"][0]
-                out.append(Target(method, paths.run_name(row.way, row.shot, s, l1, l2, seed),
-                                  chosen))
+                name = paths.run_name(row.way, row.shot, s, l1, l2, seed, row.tau,
+                                      row.learn_tau, row.distance, row.embed, row.augment)
+                out.append(Target(method, name, chosen))
     for run in grid.baseline_runs(cfg):
         key = run.key
         if (key.way, key.shot) in set(zip(selection["way"], selection["shot"], strict=True)):
