@@ -44,6 +44,7 @@ SETTINGS = {
               "checkpoint_every": 3, "patience": 100, "augment": "none"},
     "eval": {"query": 2, "episodes": 5, "batch_size": 32},
     "grid": {"way": [2], "shot": [1], "n_subspaces": [2], "lambda1": [0.1], "lambda2": [0, 0.1],
+             "tau": [1],
              "seeds": [0], "baselines": {"protonet": {"head": "protonet", "n_subspaces": 1,
                                                       "lambda1": 0, "lambda2": 0}}},
     "runtime": {"threads": 1, "progress": "log", "device": "cpu", "malloc_tuning": False},
