@@ -272,7 +272,8 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert list(paired["baseline"]) == ["protonet"] and (paired["n_episodes"] == 6).all()
     selection = pd.read_csv(paths.selection_path(cfg))
     val = {l2: pd.read_csv(paths.eval_dir(cfg, "multisubspace", "val",
-                                          paths.run_name(3, 1, 2, 0.1, l2, 0))
+                                          paths.run_name(3, 1, 2, 0.1, l2, 0,
+                                                         augment="none"))
                            / "episodes.csv")["accuracy"].mean() for l2 in (0, 0.1)}
     ours = selection[selection["method"] == "multisubspace"]
     assert ours["lambda2"].item() == (0.1 if val[0.1] > val[0] else 0)

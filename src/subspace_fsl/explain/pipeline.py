@@ -72,7 +72,9 @@ def targets(cfg: Mapping[str, Any], selection: pd.DataFrame) -> list[Target]:
     """The models of the module docstring, from the selection table."""
     method = grid.method_name(cfg)
     out: list[Target] = []
-    for row in selection.itertuples():
+    # the selection holds every method's rows since the baselines got their own grids; the
+    # method's rows name its runs, the baselines' runs are added below
+    for row in selection[selection["method"] == method].itertuples():
         s, l2 = int(row.n_subspaces), float(row.lambda2)
         lambda1s = cfg["grid"]["lambda1"] if s > 1 else [float(row.lambda1)]
         for l1 in lambda1s:
