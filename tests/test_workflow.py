@@ -279,7 +279,8 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert ours["lambda2"].item() == (0.1 if val[0.1] > val[0] else 0)
     # the baseline's temperature, chosen on validation by the same rule (ties: tau = 1)
     proto_val = {tau: pd.read_csv(paths.eval_dir(cfg, "protonet", "val",
-                                                 paths.run_name(3, 1, 1, 0, 0, 0, tau))
+                                                 paths.run_name(3, 1, 1, 0, 0, 0, tau,
+                                                                augment="none"))
                                   / "episodes.csv")["accuracy"].mean() for tau in (1, 10)}
     proto = selection[selection["method"] == "protonet"]
     assert proto["tau"].item() == (10 if proto_val[10] > proto_val[1] else 1)
