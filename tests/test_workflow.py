@@ -286,7 +286,9 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert proto["tau"].item() == (10 if proto_val[10] > proto_val[1] else 1)
     assert proto["budget"].item() == 2 and ours["budget"].item() == 2
     chosen_tau = paths.format_number(proto["tau"].item())
-    assert f"| protonet: chosen on validation | τ={chosen_tau} (best of 2 on validation) |" in md
+    # .test trains with train.augment none, not the default policy: the table names it
+    assert (f"| protonet: chosen on validation | τ={chosen_tau}, none augmentation (best of 2 "
+            "on validation) |") in md
     assert main.loc[main["method"] == "protonet", "tau"].item() == proto["tau"].item()
 
     # every plot
