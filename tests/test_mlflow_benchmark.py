@@ -49,8 +49,9 @@ SETTINGS = {
                                         "lambda2": 0}}},
     "runtime": {"threads": 1, "progress": "log", "device": "cpu", "malloc_tuning": False},
 }
-CHILDREN = {"multisubspace/w2_k1_S2_l1-0.1_l2-0_seed0",
-            "multisubspace/w2_k1_S2_l1-0.1_l2-0.1_seed0", "protonet/w2_k1_S1_l1-0_l2-0_seed0"}
+CHILDREN = {"multisubspace/w2_k1_S2_l1-0.1_l2-0_anone_seed0",
+            "multisubspace/w2_k1_S2_l1-0.1_l2-0.1_anone_seed0",
+            "protonet/w2_k1_S1_l1-0_l2-0_anone_seed0"}
 
 
 @pytest.fixture(autouse=True)
@@ -135,9 +136,9 @@ def test_child_params_are_what_ran_and_runtime_settings_are_tags(bench):
         assert tags["runtime.device"] == "cpu" and tags["tracking.system_metrics"] == "True"
         # synthetic source: its generator settings, not the CUB archive's
         assert params["dataset.synthetic.classes"] == "8" and "dataset.url" not in params
-    protonet = bench["runs"]["protonet/w2_k1_S1_l1-0_l2-0_seed0"].data.params
+    protonet = bench["runs"]["protonet/w2_k1_S1_l1-0_l2-0_anone_seed0"].data.params
     assert protonet["model.head"] == "protonet" and protonet["model.n_subspaces"] == "1"
-    method = bench["runs"]["multisubspace/w2_k1_S2_l1-0.1_l2-0.1_seed0"].data.params
+    method = bench["runs"]["multisubspace/w2_k1_S2_l1-0.1_l2-0.1_anone_seed0"].data.params
     assert method["train.lambda2"] == "0.1" and method["model.n_subspaces"] == "2"
 
 
@@ -204,7 +205,7 @@ def test_the_best_checkpoint_is_an_mlflow_model_with_a_signature(bench):
     from subspace_fsl.tracking import global_store
 
     cfg = bench["cfg"]
-    run = bench["runs"]["multisubspace/w2_k1_S2_l1-0.1_l2-0.1_seed0"]
+    run = bench["runs"]["multisubspace/w2_k1_S2_l1-0.1_l2-0.1_anone_seed0"]
     models = bench["client"].search_logged_models([bench["experiment"].experiment_id])
     assert sorted(m.source_run_id for m in models) == sorted(
         r.info.run_id for r in _children(bench).values())
@@ -237,7 +238,7 @@ def test_predict_reads_a_model_uri(bench, tmp_path, capsys):
     from PIL import Image
 
     cfg = bench["cfg"]
-    run = bench["runs"]["protonet/w2_k1_S1_l1-0_l2-0_seed0"]
+    run = bench["runs"]["protonet/w2_k1_S1_l1-0_l2-0_anone_seed0"]
     source = paths.raw_root(cfg)
     classes = sorted(p for p in (source / "images").iterdir() if p.is_dir())[:2]
     for folder in classes:
@@ -253,7 +254,7 @@ def test_predict_reads_a_model_uri(bench, tmp_path, capsys):
     table = pd.read_csv(out)
     assert set(table["class"]) == {c.name for c in classes} and len(table) == 2
     by_checkpoint = tmp_path / "pred_ckpt.csv"
-    best = paths.run_dir(cfg, "protonet", "w2_k1_S1_l1-0_l2-0_seed0") / "best.pt"
+    best = paths.run_dir(cfg, "protonet", "w2_k1_S1_l1-0_l2-0_anone_seed0") / "best.pt"
     assert main(["predict", "--config", str(bench["config"]), "--checkpoint", str(best),
                  "--support", str(tmp_path / "support"), "--images", str(query),
                  "--out", str(by_checkpoint)]) == 0
@@ -302,7 +303,7 @@ def test_a_restarted_run_folder_continues_its_own_run(bench, tmp_path):
     """The record file lost (a workflow manager cleaning up, a copied results folder): the
     store's ``run_dir`` tag still finds the run; reopened, it is RUNNING again."""
     cfg = bench["cfg"]
-    folder = paths.run_dir(cfg, "protonet", "w2_k1_S1_l1-0_l2-0_seed0")
+    folder = paths.run_dir(cfg, "protonet", "w2_k1_S1_l1-0_l2-0_anone_seed0")
     run_id = recorded_run_id(folder)
     saved = (folder / "mlflow_run.json").read_text()
     (folder / "mlflow_run.json").unlink()
@@ -319,8 +320,8 @@ def test_a_restarted_run_folder_continues_its_own_run(bench, tmp_path):
         (folder / "mlflow_run.json").write_text(saved)
     names = [r.info.run_name for r in bench["client"].search_runs(
         [bench["experiment"].experiment_id],
-        filter_string="attributes.run_name = 'protonet/w2_k1_S1_l1-0_l2-0_seed0'")]
-    assert names == ["protonet/w2_k1_S1_l1-0_l2-0_seed0"]
+        filter_string="attributes.run_name = 'protonet/w2_k1_S1_l1-0_l2-0_anone_seed0'")]
+    assert names == ["protonet/w2_k1_S1_l1-0_l2-0_anone_seed0"]
 
 
 def test_a_crashed_training_run_is_failed_with_an_end_time(bench, tmp_path):

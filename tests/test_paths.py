@@ -35,11 +35,12 @@ taus = st.one_of(st.sampled_from([1, 0.1, 10, 100, 1e-3, 2.5]),
 
 @given(st.integers(2, 50), st.integers(1, 50), st.integers(1, 64), lambdas, lambdas,
        st.integers(-5, 10_000), taus, st.booleans(), st.sampled_from(["squared", "euclidean"]),
-       st.sampled_from(["joint", "separate"]))
-def test_run_name_round_trip(way, shot, s, l1, l2, seed, tau, learn, distance, embed):
-    name = paths.run_name(way, shot, s, l1, l2, seed, tau, learn, distance, embed)
+       st.sampled_from(["joint", "separate"]), st.sampled_from(["standard", "flip", "none"]))
+def test_run_name_round_trip(way, shot, s, l1, l2, seed, tau, learn, distance, embed, augment):
+    name = paths.run_name(way, shot, s, l1, l2, seed, tau, learn, distance, embed, augment)
     key = paths.parse_run_name(name)
-    assert key == (way, shot, s, float(l1), float(l2), seed, float(tau), learn, distance, embed)
+    assert key == (way, shot, s, float(l1), float(l2), seed, float(tau), learn, distance, embed,
+                   augment)
     assert re.fullmatch(paths.RUN_WILDCARD, name)  # the workflow's wildcard accepts it
 
 
@@ -52,7 +53,11 @@ def test_run_name_round_trip(way, shot, s, l1, l2, seed, tau, learn, distance, e
                                  "w5_k1_S4_l1-0_l2-0_t0_seed0", "w5_k1_S4_l1-0_l2-0_dsq_seed0",
                                  "w5_k1_S4_l1-0_l2-0_deuc_t10_seed0",
                                  "w5_k1_S4_l1-0_l2-0_ejoint_seed0",
-                                 "w5_k1_S4_l1-0_l2-0_esep_deuc_seed0"])
+                                 "w5_k1_S4_l1-0_l2-0_esep_deuc_seed0",
+                                 # the default policy has no code; unknown / misplaced codes
+                                 "w5_k1_S4_l1-0_l2-0_astandard_seed0",
+                                 "w5_k1_S4_l1-0_l2-0_ajitter_seed0",
+                                 "w5_k1_S4_l1-0_l2-0_aflip_esep_seed0"])
 def test_parse_rejects(bad):
     with pytest.raises(ValueError, match="run name"):
         paths.parse_run_name(bad)
@@ -164,3 +169,52 @@ def test_run_settings_ignore_the_rest_of_the_grid():
     changed = _grid_cfg(**{"train.max_episodes": 7})
     assert grid.run_settings(changed, "multisubspace", name) != grid.run_settings(
         small, "multisubspace", name)
+
+
+def test_augmentation_names_runs_only_when_not_the_default_policy():
+    from subspace_fsl.config import load_schema
+    from subspace_fsl.data.augment import AUGMENT_POLICIES
+
+    assert paths.run_name(5, 5, 4, 0.1, 0.1, 0) == "w5_k5_S4_l1-0.1_l2-0.1_seed0"
+    assert paths.run_name(5, 5, 4, 0.1, 0.1, 0, augment="flip") == \
+        "w5_k5_S4_l1-0.1_l2-0.1_aflip_seed0"
+    assert paths.run_name(5, 1, 1, 0, 0, 0, 10, False, "euclidean", "separate", "none") == \
+        "w5_k1_S1_l1-0_l2-0_t10_deuc_esep_anone_seed0"
+    assert paths.parse_run_name("w5_k5_S4_l1-0.1_l2-0.1_seed0").augment == "standard"
+    # one list of policies: the codes, the registry and the schema agree
+    schema = load_schema()["properties"]["train"]["properties"]["augment"]
+    assert set(paths.AUGMENT_CODES) == set(AUGMENT_POLICIES.names()) == set(schema["enum"])
+    assert schema["default"] == paths.DEFAULT_AUGMENT
+    cfg = load_config(overrides=["train.augment=none"])
+    assert paths.run_name_of(cfg).endswith("_anone_seed0")
+
+
+def test_augmentation_is_a_grid_dimension_of_the_method_and_of_each_baseline():
+    cfg = _grid_cfg(**{"grid.augment": "[standard, flip, none]", "grid.baselines":
+                       "{protonet: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0,"
+                       " grid: {augment: [none, flip]}},"
+                       " plain: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0}}",
+                       "train.augment": "flip"})
+    method = grid.method_runs(cfg)
+    assert len(method) == 2 * 2 * 2 * 1 * 2 * 3  # ... x seeds x policies
+    assert grid.budget(cfg, "multisubspace") == 2 * 2 * 3
+    names = {r.name for r in method}
+    assert {"w5_k5_S4_l1-0.3_l2-0.1_seed1", "w5_k5_S4_l1-0.3_l2-0.1_aflip_seed1",
+            "w5_k5_S4_l1-0.3_l2-0.1_anone_seed1"} <= names
+    for run in method:  # grid expansion fills train.augment into each run's settings
+        assert grid.run_settings(cfg, run.method, run.name)["train"]["augment"] == \
+            run.key.augment
+    baselines = {(r.method, r.name) for r in grid.baseline_runs(cfg)}
+    assert ("protonet", "w5_k1_S1_l1-0_l2-0_anone_seed0") in baselines
+    assert ("protonet", "w5_k1_S1_l1-0_l2-0_aflip_seed0") in baselines
+    assert ("protonet", "w5_k1_S1_l1-0_l2-0_seed0") not in baselines
+    assert grid.budget(cfg, "protonet") == 2
+    # a baseline without grid.augment trains with train.augment (flip), as before the grid
+    assert grid.budget(cfg, "plain") == 1
+    assert ("plain", "w5_k1_S1_l1-0_l2-0_aflip_seed0") in baselines
+    assert grid.run_config(cfg, "protonet", "w5_k1_S1_l1-0_l2-0_anone_seed0")[
+        "train"]["augment"] == "none"
+    # without grid.augment the method trains with train.augment too
+    plain_cfg = _grid_cfg(**{"train.augment": "none"})
+    assert {r.key.augment for r in grid.method_runs(plain_cfg)} == {"none"}
+    assert {r.key.augment for r in grid.method_runs(_grid_cfg())} == {"standard"}

@@ -55,12 +55,12 @@ def _true_accuracy(run: grid.Run, split: str) -> float:
     return acc
 
 
-def _fabricate(cfg) -> None:
+def _fabricate(cfg, true_accuracy=_true_accuracy) -> None:
     rng = np.random.default_rng(0)
     episode_noise = {s: rng.normal(0, 0.05, EPISODES) for s in paths.SPLITS}  # shared episodes
     for run in grid.all_runs(cfg):
         for split in paths.SPLITS:
-            acc = np.clip(_true_accuracy(run, split) + episode_noise[split]
+            acc = np.clip(true_accuracy(run, split) + episode_noise[split]
                           + rng.normal(0, 0.01, EPISODES), 0, 1)
             out = paths.eval_dir(cfg, run.method, split, run.name)
             out.mkdir(parents=True)
@@ -111,7 +111,8 @@ def test_selection_uses_validation_only(fabricated):
 def _tied(**settings) -> list[dict]:
     base = {"method": "m", "split": "val", "way": 5, "shot": 1, "n_subspaces": 1,
             "lambda1": 0.0, "lambda2": 0.0, "tau": 1.0, "learn_tau": False,
-            "distance": "squared", "embed": "joint", "seed": 0, "accuracy": 0.5}
+            "distance": "squared", "embed": "joint", "augment": "standard", "seed": 0,
+            "accuracy": 0.5}
     keys = list(settings)
     import itertools
     return [{**base, **dict(zip(keys, values, strict=True)), "episode": e}
@@ -124,6 +125,9 @@ def _tied(**settings) -> list[dict]:
     ({"tau": [1.0, 10.0], "learn_tau": [True, False]}, {"tau": 1.0, "learn_tau": False}),
     ({"distance": ["euclidean", "squared"]}, {"distance": "squared"}),
     ({"embed": ["separate", "joint"]}, {"embed": "joint"}),
+    # augmentation: the default policy first, then flip (its subset), then none
+    ({"augment": ["none", "flip", "standard"]}, {"augment": "standard"}),
+    ({"augment": ["none", "flip"]}, {"augment": "flip"}),
     ({"n_subspaces": [4, 2]}, {"n_subspaces": 2}),
 ])
 def test_selection_ties_go_to_the_simpler_setting(settings, simplest):
@@ -136,8 +140,8 @@ def test_selection_ties_go_to_the_simpler_setting(settings, simplest):
 def test_selection_ties_go_to_smaller_lambdas():
     rows = [{"method": "m", "split": "val", "way": 5, "shot": 1, "n_subspaces": 2,
              "lambda1": l1, "lambda2": l2, "tau": 1.0, "learn_tau": False,
-             "distance": "squared", "embed": "joint", "seed": 0, "episode": e,
-             "accuracy": 0.5}
+             "distance": "squared", "embed": "joint", "augment": "standard", "seed": 0,
+             "episode": e, "accuracy": 0.5}
             for l1 in (0.3, 0.0) for l2 in (0.1, 0.0) for e in range(3)]
     chosen = selection.select(pd.DataFrame(rows), "m")
     assert chosen[["lambda1", "lambda2"]].iloc[0].tolist() == [0.0, 0.0]
@@ -317,3 +321,37 @@ def test_eval_shots_label_the_training_shot_and_pair_within_one_eval_shot(tmp_pa
     assert len(paired) == 2 * 2  # 2 eval shots x 2 baselines, each on its own episodes
     assert (paired["n_episodes"] == EPISODES).all()
     assert "5-way 1-shot (trained 5-shot): multisubspace - dsn" in (out / "paired.md").read_text()
+
+
+def _augment_accuracy(run: grid.Run, split: str) -> float:
+    """Validation prefers flip for the method and none for ProtoNet; the novel split the
+    opposite (standard): selection must follow validation."""
+    k = run.key
+    liked = {"multisubspace": "flip", "protonet": "none"}.get(run.method)
+    if split == "val":
+        return 0.5 + 0.08 * (k.augment == liked)
+    return 0.5 + 0.08 * (k.augment == "standard")
+
+
+def test_selection_chooses_the_augmentation_policy_on_validation_and_tables_name_it(tmp_path):
+    cfg = load_config(overrides=[
+        f"results_dir={tmp_path / 'results'}", "dataset.name=fab", "grid.way=[5]",
+        "grid.shot=[5]", "grid.n_subspaces=[2]", "grid.lambda1=[0]", "grid.lambda2=[0]",
+        "grid.seeds=[0]", "grid.tau=[1]", "grid.augment=[standard, flip, none]",
+        "grid.baselines={protonet: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0,"
+        " grid: {augment: [standard, none]}},"
+        " dsn: {head: dsn, n_subspaces: 1, lambda1: 0, lambda2: 0.03, flip_support: one_shot}}",
+        f"eval.episodes={EPISODES}"])
+    _fabricate(cfg, _augment_accuracy)
+    table = selection.read_selection(selection.run_selection(cfg))
+    chosen = table.set_index("method")
+    assert chosen.loc["multisubspace", "augment"] == "flip"
+    assert chosen.loc["protonet", "augment"] == "none"
+    assert chosen.loc["dsn", "augment"] == "standard"  # its one policy, train.augment's
+    assert chosen["budget"].to_dict() == {"multisubspace": 3, "protonet": 2, "dsn": 1}
+    report.write_tables(cfg)
+    md = (paths.tables_dir(cfg) / "main.md").read_text()
+    assert "S=2, λ1=0, λ2=0, τ=1, flip augmentation (best of 3 on validation)" in md
+    assert "τ=1, none augmentation (best of 2 on validation)" in md
+    # DSN searched no policy and uses the default: not named; its flipped support is
+    assert "τ=1, 1-shot support + flips (best of 1 on validation)" in md

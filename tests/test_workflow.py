@@ -61,10 +61,10 @@ def job_counts(output: str) -> dict[str, int]:
 # output folders moved into each test's tmp_path
 TINY = {k: v for k, v in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
         if k not in ("results_dir", "data_dir")}
-RUN_NAMES = {("multisubspace", "w3_k1_S2_l1-0.1_l2-0_seed0"),
-             ("multisubspace", "w3_k1_S2_l1-0.1_l2-0.1_seed0"),
-             ("protonet", "w3_k1_S1_l1-0_l2-0_seed0"),
-             ("protonet", "w3_k1_S1_l1-0_l2-0_t10_seed0")}
+RUN_NAMES = {("multisubspace", "w3_k1_S2_l1-0.1_l2-0_anone_seed0"),
+             ("multisubspace", "w3_k1_S2_l1-0.1_l2-0.1_anone_seed0"),
+             ("protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0"),
+             ("protonet", "w3_k1_S1_l1-0_l2-0_t10_anone_seed0")}
 
 
 def _write_config(tmp: Path, settings: dict, name: str = "tiny.yaml") -> Path:
@@ -277,19 +277,23 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert list(paired["eval_shot"]) == [1, 2]
     selection = pd.read_csv(paths.selection_path(cfg))
     val = {l2: pd.read_csv(paths.eval_dir(cfg, "multisubspace", "val",
-                                          paths.run_name(3, 1, 2, 0.1, l2, 0))
+                                          paths.run_name(3, 1, 2, 0.1, l2, 0,
+                                                         augment="none"))
                            / "episodes.csv")["accuracy"].mean() for l2 in (0, 0.1)}
     ours = selection[selection["method"] == "multisubspace"]
     assert ours["lambda2"].item() == (0.1 if val[0.1] > val[0] else 0)
     # the baseline's temperature, chosen on validation by the same rule (ties: tau = 1)
     proto_val = {tau: pd.read_csv(paths.eval_dir(cfg, "protonet", "val",
-                                                 paths.run_name(3, 1, 1, 0, 0, 0, tau))
+                                                 paths.run_name(3, 1, 1, 0, 0, 0, tau,
+                                                                augment="none"))
                                   / "episodes.csv")["accuracy"].mean() for tau in (1, 10)}
     proto = selection[selection["method"] == "protonet"]
     assert proto["tau"].item() == (10 if proto_val[10] > proto_val[1] else 1)
     assert proto["budget"].item() == 2 and ours["budget"].item() == 2
     chosen_tau = paths.format_number(proto["tau"].item())
-    assert f"| protonet: chosen on validation | τ={chosen_tau} (best of 2 on validation) |" in md
+    # .test trains with train.augment none, not the default policy: the table names it
+    assert (f"| protonet: chosen on validation | τ={chosen_tau}, none augmentation (best of 2 "
+            "on validation) |") in md
     # the training shot's choice at every evaluation shot
     assert set(main.loc[main["method"] == "protonet", "tau"]) == {proto["tau"].item()}
 
@@ -331,7 +335,7 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert job_counts(again.stdout + again.stderr) == {}
 
     # each job's log holds what it said, and its run folder the settings it ran with
-    protonet = paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0")
+    protonet = paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0")
     train_log = (paths.logs_dir(cfg) / "train" / "protonet" / f"{protonet.name}.log").read_text()
     assert "training finished" in train_log and "Traceback" not in train_log
     assert "novel accuracy" in (paths.logs_dir(cfg) / "evaluate" / "protonet"
@@ -360,11 +364,11 @@ def test_end_to_end_tiny_grid(tmp_path):
         **report_jobs}
 
     # deleting one model re-runs exactly what depends on it
-    shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_seed0"))
+    shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0"))
     dry = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
     assert job_counts(dry.stdout + dry.stderr) == {"train": 1, "evaluate": 2, "evaluate_shot": 1,
                                                    **report_jobs}
-    assert "protonet/w3_k1_S1_l1-0_l2-0_seed0" in dry.stdout + dry.stderr
-    assert "protonet/w3_k1_S1_l1-0_l2-0_t10_seed0/best.pt" not in re.sub(
+    assert "protonet/w3_k1_S1_l1-0_l2-0_anone_seed0" in dry.stdout + dry.stderr
+    assert "protonet/w3_k1_S1_l1-0_l2-0_t10_anone_seed0/best.pt" not in re.sub(
         r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)

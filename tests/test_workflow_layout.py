@@ -62,7 +62,8 @@ def test_params_do_not_depend_on_the_order_of_the_config_file():
     assert list(shuffled) != list(cfg)
     for params in (lambda c: snakemake_job.grid_settings(c),
                    lambda c: snakemake_job.stage_settings(c, "split"),
-                   lambda c: snakemake_job.run_settings(c, "protonet", "w3_k1_S1_l1-0_l2-0_seed0")):
+                   lambda c: snakemake_job.run_settings(c, "protonet",
+                                                        "w3_k1_S1_l1-0_l2-0_anone_seed0")):
         assert repr(params(shuffled)) == repr(params(cfg))  # Snakemake compares the repr
 
 

@@ -90,10 +90,17 @@ def baseline_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
         "subspace_dim": entry.get("subspace_dim", cfg["model"]["subspace_dim"]),
         "lambda1": entry.get("lambda1", cfg["train"]["lambda1"]),
         "lambda2": entry.get("lambda2", cfg["train"]["lambda2"]),
+        "flip_support": entry.get("flip_support", cfg["model"].get("flip_support", "never")),
         "tau": list(own.get("tau", [paths.DEFAULT_TAU])),
         "distance": list(own.get("distance", ["squared"])),
         "embed": list(own.get("embed", ["joint"])),
+        "augment": list(own.get("augment", [cfg["train"]["augment"]])),
     }
+
+
+def method_augments(cfg: Mapping[str, Any]) -> list[str]:
+    """The method's augmentation policies: ``grid.augment``, else ``[train.augment]``."""
+    return list(cfg["grid"].get("augment") or [cfg["train"]["augment"]])
 
 
 def method_runs(cfg: Mapping[str, Any]) -> list[Run]:
@@ -102,10 +109,10 @@ def method_runs(cfg: Mapping[str, Any]) -> list[Run]:
     g = cfg["grid"]
     method = method_name(cfg)
     return [
-        Run(method, paths.run_name(w, k, s, l1, l2, seed, *tau_setting(t), "squared", e))
-        for w, k, s, l1, l2, t, e, seed in itertools.product(
+        Run(method, paths.run_name(w, k, s, l1, l2, seed, *tau_setting(t), "squared", e, a))
+        for w, k, s, l1, l2, t, e, a, seed in itertools.product(
             g["way"], g["shot"], g["n_subspaces"], g["lambda1"], g["lambda2"], g["tau"],
-            g["embed"], g["seeds"])
+            g["embed"], method_augments(cfg), g["seeds"])
     ]
 
 
@@ -116,12 +123,12 @@ def baseline_runs(cfg: Mapping[str, Any]) -> list[Run]:
     runs = []
     for name in baseline_names(cfg):
         b = baseline_settings(cfg, name)
-        for w, k, t, dist, e, seed in itertools.product(g["way"], g["shot"], b["tau"],
-                                                        b["distance"], b["embed"],
-                                                        g["seeds"]):
+        for w, k, t, dist, e, a, seed in itertools.product(
+                g["way"], g["shot"], b["tau"], b["distance"], b["embed"], b["augment"],
+                g["seeds"]):
             runs.append(Run(name, paths.run_name(w, k, b["n_subspaces"], b["lambda1"],
                                                  b["lambda2"], seed, *tau_setting(t), dist,
-                                                 e)))
+                                                 e, a)))
     return runs
 
 
@@ -131,10 +138,10 @@ def budget(cfg: Mapping[str, Any], method: str) -> int:
     g = cfg["grid"]
     if method == method_name(cfg):
         return (len(g["n_subspaces"]) * len(g["lambda1"]) * len(g["lambda2"]) * len(g["tau"])
-                * len(g["embed"]))
+                * len(g["embed"]) * len(method_augments(cfg)))
     if method in g["baselines"]:
         b = baseline_settings(cfg, method)
-        return len(b["tau"]) * len(b["distance"]) * len(b["embed"])
+        return len(b["tau"]) * len(b["distance"]) * len(b["embed"]) * len(b["augment"])
     raise ValueError(f"unknown method {method!r}; the grid has "
                      f"{', '.join([method_name(cfg), *baseline_names(cfg)])}")
 
@@ -145,24 +152,26 @@ def all_runs(cfg: Mapping[str, Any]) -> list[Run]:
 
 def run_config(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
     """The complete settings of one run: ``cfg`` with the run's head, way, shot, S, lambdas,
-    temperature (tau, learn_tau), distance and training seed filled in (the evaluation seed
+    temperature (tau, learn_tau), distance, embed, augmentation policy, the baseline's
+    flip_support and training seed filled in (the evaluation seed
     stays shared)."""
     _check(cfg)
     key = paths.parse_run_name(name)
     out = copy.deepcopy(dict(cfg))
     if method == method_name(cfg):
         head, subspace_dim = method, cfg["model"]["subspace_dim"]
+        flip = cfg["model"].get("flip_support", "never")
     elif method in cfg["grid"]["baselines"]:
         b = baseline_settings(cfg, method)
-        head, subspace_dim = b["head"], b["subspace_dim"]
+        head, subspace_dim, flip = b["head"], b["subspace_dim"], b["flip_support"]
     else:
         raise ValueError(f"unknown method {method!r}; the grid has "
                          f"{', '.join([method_name(cfg), *baseline_names(cfg)])}")
     out["model"] = {**out["model"], "head": head, "n_subspaces": key.n_subspaces,
                     "subspace_dim": subspace_dim, "tau": key.tau, "learn_tau": key.learn_tau,
-                    "distance": key.distance, "embed": key.embed}
+                    "distance": key.distance, "embed": key.embed, "flip_support": flip}
     out["train"] = {**out["train"], "way": key.way, "shot": key.shot, "lambda1": key.lambda1,
-                    "lambda2": key.lambda2, "seed": key.seed}
+                    "lambda2": key.lambda2, "seed": key.seed, "augment": key.augment}
     return out
 
 

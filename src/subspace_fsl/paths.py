@@ -15,10 +15,13 @@ their default are left out of the name, so names stay short and every name made 
 dimensions existed still means the same run: a fixed temperature other than 1 adds ``_t10``,
 a learned one ``_tlearn`` (initial tau 1) or ``_tlearn10`` (initial tau 10), the plain
 Euclidean distance adds ``_deuc`` (the squared distance is the default), training with
-separate support / query backbone passes adds ``_esep`` (one joint pass is the default)::
+separate support / query backbone passes adds ``_esep`` (one joint pass is the default), a
+training augmentation policy other than ``standard`` (``train.augment``, the schema's
+default) adds ``_anone`` / ``_aflip``::
 
     w5_k5_S1_l1-0_l2-0_t10_deuc_seed0     tau = 10 fixed, logits = -||q - c|| / 10
     w5_k1_S1_l1-0_l2-0.03_tlearn10_seed0  tau learned from 10, squared distance
+    w5_k5_S4_l1-0.1_l2-0.1_aflip_seed0    trained with random flips only
 
 Each setting has exactly one name (:func:`parse_run_name` rejects ``_t1``, ``l1-0.10``, ...).
 """
@@ -36,18 +39,23 @@ SPLITS = ("val", "novel")
 DISTANCE_CODES = {"squared": "", "euclidean": "euc"}
 #: training batch-norm convention (model.embed) -> its run-name code
 EMBED_CODES = {"joint": "", "separate": "sep"}
+#: training augmentation policy (train.augment, data.augment.AUGMENT_POLICIES) -> its code;
+#: ``standard`` is the schema's default, so names made before this dimension keep their meaning
+AUGMENT_CODES = {"standard": "", "flip": "flip", "none": "none"}
+DEFAULT_AUGMENT = "standard"
 DEFAULT_TAU = 1.0
 
 _NUMBER = r"[0-9][0-9.e+-]*"
 #: the run-name pattern without named groups (Snakemake's ``run`` wildcard constraint)
 RUN_WILDCARD = (rf"w\d+_k\d+_S\d+_l1-{_NUMBER}_l2-{_NUMBER}(?:_t(?:learn)?(?:{_NUMBER})?)?"
                 rf"(?:_d(?:{'|'.join(c for c in DISTANCE_CODES.values() if c)}))?"
-                rf"(?:_e(?:{'|'.join(c for c in EMBED_CODES.values() if c)}))?_seed-?\d+")
+                rf"(?:_e(?:{'|'.join(c for c in EMBED_CODES.values() if c)}))?"
+                rf"(?:_a(?:{'|'.join(c for c in AUGMENT_CODES.values() if c)}))?_seed-?\d+")
 _RUN_RE = re.compile(
     r"^w(?P<way>\d+)_k(?P<shot>\d+)_S(?P<n_subspaces>\d+)"
     rf"_l1-(?P<lambda1>{_NUMBER}?)_l2-(?P<lambda2>{_NUMBER}?)"
     rf"(?:_t(?P<learn>learn)?(?P<tau>{_NUMBER})?)?(?:_d(?P<distance>[a-z]+))?"
-    r"(?:_e(?P<embed>[a-z]+))?"
+    r"(?:_e(?P<embed>[a-z]+))?(?:_a(?P<augment>[a-z]+))?"
     r"_seed(?P<seed>-?\d+)$"
 )
 
@@ -67,6 +75,7 @@ class RunKey(NamedTuple):
     learn_tau: bool = False
     distance: str = "squared"
     embed: str = "joint"
+    augment: str = DEFAULT_AUGMENT
 
 
 def format_number(value: float) -> str:
@@ -88,7 +97,8 @@ def tau_code(tau: float, learn_tau: bool) -> str:
 
 def run_name(way: int, shot: int, n_subspaces: int, lambda1: float, lambda2: float,
              seed: int, tau: float = DEFAULT_TAU, learn_tau: bool = False,
-             distance: str = "squared", embed: str = "joint") -> str:
+             distance: str = "squared", embed: str = "joint",
+             augment: str = DEFAULT_AUGMENT) -> str:
     """``run_name(5, 1, 4, 0.1, 0.01, 0) == "w5_k1_S4_l1-0.1_l2-0.01_seed0"``;
     ``run_name(5, 5, 1, 0, 0, 0, tau=10, distance="euclidean")
     == "w5_k5_S1_l1-0_l2-0_t10_deuc_seed0"``."""
@@ -96,12 +106,14 @@ def run_name(way: int, shot: int, n_subspaces: int, lambda1: float, lambda2: flo
         raise ValueError(f"distance must be one of {list(DISTANCE_CODES)}, got {distance!r}")
     if embed not in EMBED_CODES:
         raise ValueError(f"embed must be one of {list(EMBED_CODES)}, got {embed!r}")
+    if augment not in AUGMENT_CODES:
+        raise ValueError(f"augment must be one of {list(AUGMENT_CODES)}, got {augment!r}")
     t = tau_code(tau, bool(learn_tau))
-    d, e = DISTANCE_CODES[distance], EMBED_CODES[embed]
+    d, e, a = DISTANCE_CODES[distance], EMBED_CODES[embed], AUGMENT_CODES[augment]
     return (f"w{int(way)}_k{int(shot)}_S{int(n_subspaces)}"
             f"_l1-{format_number(lambda1)}_l2-{format_number(lambda2)}"
             f"{f'_t{t}' if t else ''}{f'_d{d}' if d else ''}{f'_e{e}' if e else ''}"
-            f"_seed{int(seed)}")
+            f"{f'_a{a}' if a else ''}_seed{int(seed)}")
 
 
 def parse_run_name(name: str) -> RunKey:
@@ -110,7 +122,8 @@ def parse_run_name(name: str) -> RunKey:
     match = _RUN_RE.match(name)
     if match is None:
         raise ValueError(f"{name!r} is not a run name like 'w5_k1_S4_l1-0.1_l2-0.01_seed0' "
-                         "(optionally _t10 / _tlearn / _tlearn10 and _deuc before _seed)")
+                         "(optionally _t10 / _tlearn / _tlearn10, _deuc, _esep and _anone / "
+                         "_aflip before _seed)")
     g = match.groupdict()
     codes = {code: form for form, code in DISTANCE_CODES.items()}
     embeds = {code: form for form, code in EMBED_CODES.items()}
@@ -120,12 +133,17 @@ def parse_run_name(name: str) -> RunKey:
     if g["embed"] is not None and g["embed"] not in embeds:
         raise ValueError(f"{name!r} is not a run name: unknown embed code "
                          f"'_e{g['embed']}' (known: _esep)")
+    augments = {code: policy for policy, code in AUGMENT_CODES.items()}
+    if g["augment"] is not None and g["augment"] not in augments:
+        known = ", ".join(f"_a{c}" for c in augments if c)
+        raise ValueError(f"{name!r} is not a run name: unknown augmentation code "
+                         f"'_a{g['augment']}' (known: {known})")
     try:
         key = RunKey(int(g["way"]), int(g["shot"]), int(g["n_subspaces"]),
                      float(g["lambda1"]), float(g["lambda2"]), int(g["seed"]),
                      float(g["tau"]) if g["tau"] is not None else DEFAULT_TAU,
                      g["learn"] is not None, codes[g["distance"] or ""],
-                     embeds[g["embed"] or ""])
+                     embeds[g["embed"] or ""], augments[g["augment"] or ""])
         canonical = run_name(*key)
     except ValueError:
         raise ValueError(f"{name!r} is not a run name: a number does not parse") from None
@@ -139,7 +157,8 @@ def run_name_of(cfg: Mapping[str, Any]) -> str:
     train, model = cfg["train"], cfg["model"]
     return run_name(train["way"], train["shot"], model["n_subspaces"], train["lambda1"],
                     train["lambda2"], train["seed"], model["tau"], model["learn_tau"],
-                    model.get("distance", "squared"), model.get("embed", "joint"))
+                    model.get("distance", "squared"), model.get("embed", "joint"),
+                    train.get("augment", DEFAULT_AUGMENT))
 
 
 def results_dir(cfg: Mapping[str, Any]) -> Path:

@@ -21,7 +21,7 @@ EPISODES_FILE = "episodes.csv"
 HISTORY_FILE = "history.csv"
 #: every setting a run name encodes besides way, shot and seed
 CONFIG_COLUMNS = ["n_subspaces", "lambda1", "lambda2", "tau", "learn_tau", "distance",
-                  "embed"]
+                  "embed", "augment"]
 KEY_COLUMNS = ["method", "way", "shot", *CONFIG_COLUMNS, "seed"]
 #: the columns of :func:`load_results`
 RESULT_COLUMNS = [*KEY_COLUMNS, "eval_shot", "run", "split", "episode", "accuracy"]

@@ -11,7 +11,10 @@ The method chooses lambda1, lambda2 and tau per S, then S; ProtoNet and DSN choo
 the distance form. Ties go to the simpler setting, in this order: smaller lambda1, smaller
 lambda2, a fixed tau before a learned one, tau closer to 1 (|log tau|, then the smaller),
 the squared distance before the plain Euclidean one (the original ProtoNet's form), one joint
-backbone pass before separate ones; and the smaller S. ``budget`` is how many validation
+backbone pass before separate ones, the augmentation policy closest to the default
+``standard`` (standard, then flip, its subset, then none: a tie means validation cannot tell
+them apart, and preferring the default keeps a grid that adds policies from changing a choice
+the data do not support); and the smaller S. ``budget`` is how many validation
 configurations the (way, shot) choice compared.
 """
 
@@ -38,6 +41,8 @@ SELECTION_COLUMNS = ["method", "way", "shot", *CONFIG_COLUMNS, "val_accuracy", "
 DISTANCE_RANK = {"squared": 0, "euclidean": 1}
 #: tie order of the batch-norm conventions: the one joint pass (the default) first
 EMBED_RANK = {"joint": 0, "separate": 1}
+#: tie order of the augmentation policies: the default first, then by how much it drops
+AUGMENT_RANK = {"standard": 0, "flip": 1, "none": 2}
 
 
 def cell_scores(results: pd.DataFrame, method: str, split: str = "val") -> pd.DataFrame:
@@ -45,7 +50,7 @@ def cell_scores(results: pd.DataFrame, method: str, split: str = "val") -> pd.Da
 
     ``results`` is the long per-episode table of :func:`subspace_fsl.results.load_results`
     (columns method, way, shot, n_subspaces, lambda1, lambda2, tau, learn_tau, distance,
-    embed, seed, split, episode, accuracy).
+    embed, augment, seed, split, episode, accuracy).
     """
     rows = results[(results["method"] == method) & (results["split"] == split)]
     if rows.empty:
@@ -63,10 +68,12 @@ def simplicity_order(scores: pd.DataFrame) -> pd.DataFrame:
         _tau=np.abs(np.log(scores["tau"].astype(float))),
         _dist=scores["distance"].map(DISTANCE_RANK),
         _embed=scores["embed"].map(EMBED_RANK),
+        _augment=scores["augment"].map(AUGMENT_RANK),
     )
-    order = [*CELL, "accuracy", *LAMBDAS, "_learn", "_tau", "tau", "_dist", "_embed"]
-    ranked = ranked.sort_values(order, ascending=[True, True, True, False] + [True] * 7)
-    return ranked.drop(columns=["_learn", "_tau", "_dist", "_embed"])
+    order = [*CELL, "accuracy", *LAMBDAS, "_learn", "_tau", "tau", "_dist", "_embed",
+             "_augment"]
+    ranked = ranked.sort_values(order, ascending=[True, True, True, False] + [True] * 8)
+    return ranked.drop(columns=["_learn", "_tau", "_dist", "_embed", "_augment"])
 
 
 def select(results: pd.DataFrame, method: str) -> pd.DataFrame:

@@ -47,7 +47,7 @@ STATUS_CHECK_S = "5"
 LONG = {**TINY,
         "train": {**TINY["train"], "max_episodes": 3000, "val_every": 500, "patience": 100,
                   "checkpoint_every": 25, "log_every": 25}}
-LONG_RUN = ("protonet", "w3_k1_S1_l1-0_l2-0_seed0")
+LONG_RUN = ("protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0")
 
 
 def _script(*args: str) -> None:

@@ -4,7 +4,9 @@ Every image of the evaluated split is embedded ONCE (batches of ``eval.batch_siz
 ``torch.inference_mode``); the episodes (``eval.episodes``, ``eval.query`` queries per class,
 one ``eval.seed`` shared by every method) then run on those features with the head alone.
 The backbone is deterministic in eval mode, so this equals re-embedding each episode's
-images, at a fraction of the cost.
+images, at a fraction of the cost. With ``model.flip_support`` the mirror images of the
+episodes' support images are embedded once as well (batched the same way), and each such
+episode's head gets ``[support features, mirrored support features]`` with labels repeated.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from subspace_fsl import provenance
 from subspace_fsl.config import atomic_write_text, save_config
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
-from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode
+from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode, mirrored
 from subspace_fsl.runtime import Runtime, configure, no_grad_eval, place_model, to_input
 
 log = logging.getLogger(__name__)
@@ -35,13 +37,17 @@ SPLIT_NAMES = ("val", "novel", "base")
 
 
 def embed_images(
-    model: FewShotModel, data: EngineData, indices: np.ndarray, batch_size: int, runtime: Runtime
+    model: FewShotModel, data: EngineData, indices: np.ndarray, batch_size: int, runtime: Runtime,
+    mirror: bool = False,
 ) -> torch.Tensor:
-    """Features ``[len(indices), D]`` (float32, on the device) of cached images, in batches."""
+    """Features ``[len(indices), D]`` (float32, on the device) of cached images, in batches
+    (of their horizontal mirror images with ``mirror``)."""
     chunks = []
     with no_grad_eval(model):
         for start in range(0, len(indices), batch_size):
             images = data.images_to_tensor(indices[start : start + batch_size], runtime.device)
+            if mirror:
+                images = mirrored(images)
             with runtime.autocast():
                 chunks.append(model.backbone(to_input(images, runtime)).float())
     return torch.cat(chunks) if chunks else torch.empty(0, model.feature_dim, device=runtime.device)
@@ -54,7 +60,8 @@ def episode_accuracies(
     batch_size: int,
     runtime: Runtime,
 ) -> np.ndarray:
-    """Accuracy of each episode, computed on features embedded once for all of them."""
+    """Accuracy of each episode, computed on features embedded once for all of them (and,
+    for the episodes whose support is flipped, once on the mirror images of their support)."""
     needed = (
         np.unique(np.concatenate([np.concatenate([e.support_idx, e.query_idx]) for e in episodes]))
         if episodes
@@ -63,13 +70,29 @@ def episode_accuracies(
     features = embed_images(model, data, needed, batch_size, runtime)
     row_of = np.full(int(needed.max()) + 1 if len(needed) else 0, -1, dtype=np.int64)
     row_of[needed] = np.arange(len(needed))
+    # shot of each episode, on the host: support images / classes
+    flipped = [model.flips(len(e.support_labels) // len(np.unique(e.support_labels)))
+               for e in episodes]
+    flipped_support = [e.support_idx for e, f in zip(episodes, flipped, strict=True) if f]
+    mirror_needed = (
+        np.unique(np.concatenate(flipped_support))
+        if any(flipped)
+        else np.zeros(0, dtype=np.int64)
+    )
+    mirror_features = embed_images(model, data, mirror_needed, batch_size, runtime, mirror=True)
+    mirror_row_of = np.full(len(row_of), -1, dtype=np.int64)
+    mirror_row_of[mirror_needed] = np.arange(len(mirror_needed))
     device = features.device
     accuracies = []
     with no_grad_eval(model):
-        for episode in episodes:
+        for episode, flip in zip(episodes, flipped, strict=True):
             support = features[torch.from_numpy(row_of[episode.support_idx]).to(device)]
             query = features[torch.from_numpy(row_of[episode.query_idx]).to(device)]
             support_labels = torch.as_tensor(episode.support_labels, device=device)
+            if flip:
+                rows = torch.from_numpy(mirror_row_of[episode.support_idx]).to(device)
+                support = torch.cat([support, mirror_features[rows]])
+                support_labels = torch.cat([support_labels, support_labels])
             query_labels = torch.as_tensor(episode.query_labels, device=device)
             logits = model.head(support, support_labels, query).logits
             accuracies.append((logits.argmax(dim=1) == query_labels).double().mean())

@@ -11,21 +11,55 @@ from torch import nn
 
 #: how a training episode's support and queries go through the backbone (``model.embed``)
 EMBED_MODES = ("joint", "separate")
+#: ``model.flip_support`` -> whether an episode with ``shot`` support images per class also
+#: gets their horizontal mirror images (DSN as published: the 1-shot support is doubled, so a
+#: class subspace has K - 1 = 1 direction instead of none)
+FLIP_SUPPORT = {
+    "never": lambda shot: False,
+    "one_shot": lambda shot: shot == 1,
+    "always": lambda shot: True,
+}
+
+
+def mirrored(images: torch.Tensor) -> torch.Tensor:
+    """Left-right mirror of ``[..., H, W]`` images (torchvision's ``hflip``)."""
+    return images.flip(-1)
+
+
+def with_mirrored_support(
+    support: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[x_1..x_n, hflip(x_1)..hflip(x_n)]`` with the labels repeated: K shots -> 2K."""
+    return torch.cat([support, mirrored(support)]), torch.cat([labels, labels])
 
 
 class FewShotModel(nn.Module):
     """``backbone`` maps images to features; ``head`` turns an episode's features into logits."""
 
     def __init__(
-        self, backbone: nn.Module, head: nn.Module, feature_dim: int, embed: str = "joint"
+        self, backbone: nn.Module, head: nn.Module, feature_dim: int, embed: str = "joint",
+        flip_support: str = "never",
     ) -> None:
         super().__init__()
         if embed not in EMBED_MODES:
             raise ValueError(f"embed must be one of {EMBED_MODES}, got {embed!r}")
+        if flip_support not in FLIP_SUPPORT:
+            raise ValueError(
+                f"flip_support must be one of {list(FLIP_SUPPORT)}, got {flip_support!r}"
+            )
         self.backbone = backbone
         self.head = head
         self.feature_dim = feature_dim
         self.embed = embed
+        self.flip_support = flip_support
+
+    def flips(self, shot: int) -> bool:
+        """Whether episodes of ``shot`` support images per class add their mirror images."""
+        return bool(FLIP_SUPPORT[self.flip_support](shot))
+
+    def support_shot(self, shot: int) -> int:
+        """Support features per class the head receives: ``2 shot`` when flipped."""
+        return 2 * shot if self.flips(shot) else shot
 
     def forward(
         self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor
@@ -45,7 +79,7 @@ class FewShotModel(nn.Module):
 
     def with_backbone(self, backbone: nn.Module) -> FewShotModel:
         """The same head and weights behind another backbone module (e.g. a compiled one)."""
-        return FewShotModel(backbone, self.head, self.feature_dim, self.embed)
+        return FewShotModel(backbone, self.head, self.feature_dim, self.embed, self.flip_support)
 
 
 def available_memory() -> int | None:
@@ -112,7 +146,7 @@ def build_model(cfg: Mapping[str, Any]) -> FewShotModel:
     model_keys = {
         k: v
         for k, v in settings.items()
-        if k not in ("backbone", "backbone_weights", "head", "embed")
+        if k not in ("backbone", "backbone_weights", "head", "embed", "flip_support")
     }
     try:
         with torch.device("meta"):  # shapes only: check the size before allocating
@@ -121,7 +155,8 @@ def build_model(cfg: Mapping[str, Any]) -> FewShotModel:
         head = build_head(settings["head"], feature_dim, **model_keys)
     except ValueError as exc:
         raise ValueError(f"model.head={settings['head']!r}: {exc}") from None
-    return FewShotModel(backbone, head, feature_dim, settings.get("embed", "joint"))
+    return FewShotModel(backbone, head, feature_dim, settings.get("embed", "joint"),
+                        settings.get("flip_support", "never"))
 
 
 def check_head_episode(
@@ -130,9 +165,12 @@ def check_head_episode(
     """The head's own check of an episode shape (e.g. subspace_dim <= shot), naming the keys.
 
     ``episode`` says where way and shot come from (``"train.way=5, train.shot=1"``);
-    ``settings`` is the ``model`` section the head was built from."""
+    ``settings`` is the ``model`` section the head was built from. With the support flipped
+    (``model.flip_support``) the head sees ``2 shot`` support features per class."""
+    if model.flips(shot):
+        episode = f"{episode} (x2 with model.flip_support={model.flip_support!r})"
     try:
-        model.head.validate_episode(way, shot)
+        model.head.validate_episode(way, model.support_shot(shot))
     except ValueError as exc:
         head = ", ".join(
             f"model.{k}={settings[k]!r}" for k in ("head", "n_subspaces", "subspace_dim")

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from subspace_fsl.engine.evaluate import load_model
-from subspace_fsl.engine.model import FewShotModel, check_head_episode
+from subspace_fsl.engine.model import FewShotModel, check_head_episode, mirrored
 from subspace_fsl.runtime import Runtime, configure, no_grad_eval, to_input
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,16 @@ def embed_files(
     dataset: Mapping[str, Any],
     batch_size: int,
     runtime: Runtime,
+    mirror: bool = False,
 ) -> torch.Tensor:
-    """Features of image files, preprocessed exactly as the image cache does."""
+    """Features of image files, preprocessed exactly as the image cache does (of their
+    horizontal mirror images with ``mirror``)."""
     chunks = []
     with no_grad_eval(model):
         for start in range(0, len(paths), batch_size):
             _, images = load_files(paths[start : start + batch_size], dataset, runtime)
+            if mirror:
+                images = mirrored(images)
             with runtime.autocast():
                 chunks.append(model.backbone(to_input(images, runtime)).float())
     return torch.cat(chunks)
@@ -99,6 +103,8 @@ def explain_files(
     support_images = None
     if exact_supported(model) is not None:  # the gradient fallback needs the support images
         support_images = load_files(support_paths, dataset, runtime)[1]
+        if len(support_features) == 2 * len(support_paths):  # model.flip_support
+            support_images = torch.cat([support_images, mirrored(support_images)])
     written = []
     model.eval()
     for start in range(0, len(queries), batch_size):
@@ -195,6 +201,12 @@ def predict(
     )
     query_features = embed_files(model, queries, dataset, batch, runtime)
     labels = torch.as_tensor([label_of[n] for n in support["class_name"]], device=runtime.device)
+    if model.flips(shot):  # model.flip_support: the mirror images join the support set
+        mirror_features = embed_files(
+            model, [Path(p) for p in support["path"]], dataset, batch, runtime, mirror=True
+        )
+        support_features = torch.cat([support_features, mirror_features])
+        labels = torch.cat([labels, labels])
     with no_grad_eval(model):
         out = model.head(support_features, labels, query_features)
     distances = out.distances.float().cpu().numpy()  # [Q, N]

@@ -46,7 +46,12 @@ from subspace_fsl.engine.checkpoint import (
 )
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
 from subspace_fsl.engine.evaluate import episode_accuracies, evaluation_plan, summarise
-from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode
+from subspace_fsl.engine.model import (
+    FewShotModel,
+    build_model,
+    check_head_episode,
+    with_mirrored_support,
+)
 from subspace_fsl.engine.progress import Progress
 from subspace_fsl.runtime import Runtime, configure, maybe_compile, place_model, to_input
 
@@ -191,14 +196,23 @@ class EpisodeTrainer:
         self.loader = EpisodeLoader(
             data, runtime.device, settings["augment"], runtime.channels_last
         )
+        # model.flip_support: the (augmented) support images plus their mirror images
+        self.flip = self.model.flips(settings["shot"])
 
     def step(self) -> dict[str, float]:
         """One episode: sample, load, augment, forward, backward, optimiser step."""
-        tensors = episode_tensors(self.loader, self.sampler.sample(), self.runtime.device)
+        support, labels, query, query_labels = episode_tensors(
+            self.loader, self.sampler.sample(), self.runtime.device
+        )
+        if self.flip:
+            support, labels = with_mirrored_support(support, labels)
         return train_step(
             self.step_model,
             self.optimizer,
-            *tensors,
+            support,
+            labels,
+            query,
+            query_labels,
             self.settings["lambda1"],
             self.settings["lambda2"],
             self.runtime,

@@ -93,7 +93,7 @@ def config_of(row: Mapping[str, Any] | pd.Series) -> dict[str, Any]:
     return {"n_subspaces": int(row["n_subspaces"]), "lambda1": float(row["lambda1"]),
             "lambda2": float(row["lambda2"]), "tau": float(row["tau"]),
             "learn_tau": bool(row["learn_tau"]), "distance": str(row["distance"]),
-            "embed": str(row["embed"])}
+            "embed": str(row["embed"]), "augment": str(row["augment"])}
 
 
 def tau_text(tau: float, learn_tau: bool) -> str:
@@ -105,22 +105,28 @@ def tau_text(tau: float, learn_tau: bool) -> str:
 def settings_text(cfg: Mapping[str, Any], method: str, config: Mapping[str, Any],
                   budget: int | None = None, with_s: bool = True) -> str:
     """What a method was run with: the grid's method "S=4, λ1=0.1, λ2=0, τ=1"; a baseline
-    the settings its grid searched, "τ=10, euclidean distance"; then "(best of 8 on
-    validation)" with the selection budget."""
+    the settings its grid searched, "τ=10, euclidean distance"; the batch-norm passes and
+    the augmentation policy ("flip augmentation") where searched or not the default, a
+    flipped support where set; then "(best of 8 on validation)" with the selection budget."""
     if method == grid.method_name(cfg):
         parts = [f"S={int(config['n_subspaces'])}"] if with_s else []
         parts += [f"λ1={paths.format_number(config['lambda1'])}",
                   f"λ2={paths.format_number(config['lambda2'])}",
                   tau_text(config["tau"], bool(config["learn_tau"]))]
-        embeds = cfg["grid"]["embed"]
+        embeds, augments = cfg["grid"]["embed"], grid.method_augments(cfg)
     else:
         searched = grid.baseline_settings(cfg, method)
         parts = [tau_text(config["tau"], bool(config["learn_tau"]))]
         if len(searched["distance"]) > 1 or config["distance"] != "squared":
             parts.append(f"{config['distance']} distance")
-        embeds = searched["embed"]
+        embeds, augments = searched["embed"], searched["augment"]
+        if searched["flip_support"] != "never":
+            parts.append({"one_shot": "1-shot support + flips",
+                          "always": "support + flips"}[searched["flip_support"]])
     if len(embeds) > 1 or config["embed"] != "joint":
         parts.append(f"{config['embed']} passes")
+    if len(augments) > 1 or config["augment"] != paths.DEFAULT_AUGMENT:
+        parts.append(f"{config['augment']} augmentation")
     text = ", ".join(parts)
     return text if budget is None else f"{text} (best of {int(budget)} on validation)"
 
