@@ -272,7 +272,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         val_rows += [{"method": "protonet", "split": "val", "way": args.way,
                       "shot": args.shot, "n_subspaces": 1, "lambda1": 0.0, "lambda2": 0.0,
                       "tau": tau, "learn_tau": learn, "distance": distance, "embed": embed,
-                      "seed": args.seed,
+                      "augment": "none", "seed": args.seed,
                       "episode": i, "accuracy": a} for i, a in enumerate(val)]
         runs.append({"setting": label, "tau": tau, "learn_tau": learn, "distance": distance,
                      "embed": embed,
