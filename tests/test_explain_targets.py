@@ -15,7 +15,8 @@ def test_targets_take_the_method_rows_of_a_selection_holding_every_method(tmp_pa
         "grid.baselines={protonet: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0}}",
     ])
     row = {"way": 3, "shot": 1, "tau": 1.0, "learn_tau": False, "distance": "squared",
-           "embed": "joint", "val_accuracy": 0.5, "n_seeds": 1, "budget": 1, "best_s": True}
+           "embed": "joint", "augment": "standard", "val_accuracy": 0.5, "n_seeds": 1,
+           "budget": 1, "best_s": True}
     selection = pd.DataFrame([
         {**row, "method": "multisubspace", "n_subspaces": 2, "lambda1": 0.1, "lambda2": 0.0},
         {**row, "method": "protonet", "n_subspaces": 1, "lambda1": 0.0, "lambda2": 0.0},
