@@ -39,14 +39,16 @@ def test_dry_run_prints_short_job_descriptions_not_the_configuration(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     assert "Job stats" in out
-    for line in ("train multisubspace/w5_k1_S4_l1-0.3_l2-0.1_seed0",
-                 "evaluate protonet/w5_k5_S1_l1-0_l2-0_seed0 on novel",
-                 "evaluate dsn/w5_k1_S1_l1-0_l2-0.03_seed0 on val",
+    for line in ("train multisubspace/w5_k5_S4_l1-0.3_l2-0.1_t4_anone_seed0",
+                 "evaluate protonet/w5_k5_S1_l1-0_l2-0_deuc_anone_seed0 on novel",
+                 "evaluate dsn/w5_k5_S1_l1-0_l2-0.03_t10_anone_seed0 on val",
+                 "pretrain conv4 on the base classes of synthetic",
                  "prepare the image cache of synthetic", "tables of synthetic"):
         assert re.search(rf"^Job \d+: {re.escape(line)}$", out, flags=re.M), line
     # no settings on any job's line: no --set, no JSON, no Python mapping of a section
     assert "--set" not in out and '{"' not in out and "'train': {" not in out
-    assert max(len(line) for line in out.splitlines() if line.startswith("Job ")) < 80
+    # the rule, the method and the run name (with its non-default settings), nothing else
+    assert max(len(line) for line in out.splitlines() if line.startswith("Job ")) < 100
 
 
 # --- the rules' params (subspace_fsl.snakemake_job) -------------------------------------------

@@ -60,7 +60,7 @@ rule evaluate_shot:
             config, wildcards.method, wildcards.split, wildcards.run, int(wildcards.shot)
         ),
     message:
-        "evaluate {wildcards.method}/{wildcards.run} on {wildcards.split} at {wildcards.shot} shots"
+        "evaluate {wildcards.method}/{wildcards.run} on {wildcards.split} {wildcards.shot}-shot"
     script:
         "../scripts/evaluate_shot.py"
 
