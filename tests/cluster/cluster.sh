@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A real SLURM cluster (with accounting) and a real MLflow tracking server, on loopback, for the
-# cluster tests (tests/cluster/test_cluster.py) and for trying the profile by hand.
+# cluster tests (tests/cluster/cluster_tests.py) and for trying the profile by hand.
 #
 #   tests/cluster/cluster.sh install                     # apt-get what is missing (root)
 #   tests/cluster/cluster.sh start-slurm ACCOUNT CPU_PARTITION GPU_PARTITION

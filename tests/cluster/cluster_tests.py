@@ -30,7 +30,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
-from test_workflow import TINY, _write_config, job_counts  # noqa: E402
+from test_slurm_profile import MODEL_RULES  # noqa: E402
+from test_workflow import RUN_NAMES, TINY, _write_config, job_counts  # noqa: E402
 
 from subspace_fsl import grid, paths, report  # noqa: E402
 from subspace_fsl.config import load_config, yaml_dump  # noqa: E402
@@ -82,9 +83,10 @@ def mlflow_server():
 def site_profile(tmp: Path) -> Path:
     """profiles/slurm with this site's account and partitions; nothing else changed."""
     shipped = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    assert set(shipped["set-resources"]) >= MODEL_RULES
     profile = json.loads(json.dumps(shipped))
     profile["default-resources"].update(slurm_account=ACCOUNT, slurm_partition=CPU_PARTITION)
-    for rule in ("train", "evaluate"):
+    for rule in MODEL_RULES:  # the shipped file's one GPU partition line, after its merge keys
         profile["set-resources"][rule]["slurm_partition"] = GPU_PARTITION
     profile["use-conda"] = False
     changed = {key for key in shipped if shipped[key] != profile[key]}
@@ -136,7 +138,8 @@ def test_tiny_workflow_runs_on_slurm_with_the_profile(slurm, mlflow_server, tmp_
     wall = time.monotonic() - started
     out = proc.stdout + proc.stderr
     counts = job_counts(out)
-    assert counts["train"] == 3 and counts["evaluate"] == 6
+    assert counts["train"] == len(RUN_NAMES) == 4 and counts["evaluate"] == 8
+    assert counts["pretrain"] == 1 and counts["evaluate_shot"] == 4 and counts["explain"] == 1
 
     for name in report.TABLE_NAMES:
         for ext in report.TABLE_FORMATS:
@@ -156,19 +159,28 @@ def test_tiny_workflow_runs_on_slurm_with_the_profile(slurm, mlflow_server, tmp_
     assert (jobs["state"] == "COMPLETED").all(), jobs.to_string()
     assert (jobs["account"] == ACCOUNT).all()
     gpu_jobs = jobs[jobs["partition"] == GPU_PARTITION]
-    assert len(gpu_jobs) == counts["train"] + counts["evaluate"]
+    assert len(gpu_jobs) == sum(counts[rule] for rule in MODEL_RULES), jobs.to_string()
     assert gpu_jobs["tres"].str.contains("gres/gpu=1").all(), gpu_jobs.to_string()
     assert (jobs.loc[jobs["partition"] == CPU_PARTITION, "name"].str.len() > 0).all()
 
-    # the runs are on the server (PostgreSQL), with their evaluation metrics
+    # the runs are on the server (PostgreSQL): the benchmark's parent run, its tables, and
+    # every training run as its child with its evaluation metrics and model
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 3
-    for run in runs:
+    marker = json.loads(paths.tracking_marker(cfg).read_text())
+    assert marker["uri"] == mlflow_server
+    parent = client.get_run(marker["parent_run_id"])
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    children = {f"{method}/{name}" for method, name in RUN_NAMES}
+    assert set(runs) == children | {parent.info.run_name}
+    for name in children:
+        run = runs[name]
         assert run.info.status == "FINISHED"
-        assert any("novel" in key for key in run.data.metrics), run.data.metrics
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert "novel_acc" in run.data.metrics and "val_eval_acc" in run.data.metrics
         assert "best.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    tables = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
+    assert "tables/main.csv" in tables
 
 
 def _wait(predicate, seconds: float, what: str) -> None:
