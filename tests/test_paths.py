@@ -171,6 +171,25 @@ def test_run_settings_ignore_the_rest_of_the_grid():
         small, "multisubspace", name)
 
 
+def test_evaluation_only_settings_are_no_training_setting():
+    name = "w5_k5_S4_l1-0.3_l2-0.1_seed1"
+    base = _grid_cfg()
+    more = _grid_cfg(**{"eval.episodes": 1000, "eval.shots": "[1, 5]"})
+    # more episodes or another evaluation shot: the same training, other evaluations
+    assert grid.run_settings(more, "multisubspace", name) == grid.run_settings(
+        base, "multisubspace", name)
+    assert set(grid.run_settings(base, "multisubspace", name)["eval"]) == {
+        "query", "seed", "batch_size"}
+    assert grid.evaluation_settings(more, "multisubspace", name)["eval"]["episodes"] == 1000
+    assert grid.evaluation_settings(more, "multisubspace", name) != grid.evaluation_settings(
+        base, "multisubspace", name)
+    assert "shots" not in grid.evaluation_settings(more, "multisubspace", name)["eval"]
+    # what the validation inside training reads stays a training setting
+    for key, value in (("eval.query", 5), ("eval.seed", 7)):
+        assert grid.run_settings(_grid_cfg(**{key: value}), "multisubspace", name) != \
+            grid.run_settings(base, "multisubspace", name), key
+
+
 def test_augmentation_names_runs_only_when_not_the_default_policy():
     from subspace_fsl.config import load_schema
     from subspace_fsl.data.augment import AUGMENT_POLICIES

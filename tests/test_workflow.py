@@ -210,6 +210,9 @@ def _check_benchmark_in_mlflow_and_chromium(tmp_path: Path, cfg: dict) -> None:
         assert run.info.status == "FINISHED"
         assert not any(k.startswith(("grid.", "runtime.")) for k in run.data.params)
         assert run.data.params["split.n_novel"] == "3"
+        # what the training read, not the evaluations' settings (their own tags say those)
+        assert run.data.params["eval.query"] == "2" and "eval.episodes" not in run.data.params
+        assert run.data.tags["novel_episodes"] == "6" and run.data.tags["val_episodes"] == "6"
         novel = json.loads((paths.eval_dir(cfg, method, "novel", folder) / "summary.json")
                            .read_text())
         assert run.data.metrics["novel_acc"] == pytest.approx(novel["mean"])
@@ -362,6 +365,13 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
         "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4,
         **report_jobs}
+    # evaluation-only settings re-run evaluations, never a training (the validation inside
+    # training reads eval.query, eval.seed and eval.batch_size only)
+    assert _changed_run(tmp_path, config, {"eval": {"episodes": 8}}) == {
+        "init_tracking": 1, "evaluate": 8, "evaluate_shot": 4, **report_jobs}
+    assert _changed_run(tmp_path, config, {"eval": {"shots": [1, 2, 3]}}) == {
+        "init_tracking": 1, "evaluate_shot": 4, **report_jobs}
+    assert _changed_run(tmp_path, config, {"eval": {"query": 1}})["train"] == 4
 
     # deleting one model re-runs exactly what depends on it
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0"))

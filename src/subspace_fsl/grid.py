@@ -184,19 +184,51 @@ def result_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
 #: re-run the existing cells) and the explain step (it only reads trained models)
 NOT_READ_BY_RUNS = ("grid", "explain")
 
+#: the ``eval`` settings a training run reads: its validation episodes have ``eval.query``
+#: queries per class, come from the ``eval.seed`` plan and are embedded ``eval.batch_size``
+#: images at a time. ``eval.episodes`` and ``eval.shots`` belong to the evaluations alone:
+#: changing them re-runs evaluations, never a training.
+EVAL_READ_BY_TRAINING = ("query", "seed", "batch_size")
+
+
+def training_view(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with its ``eval`` section cut to :data:`EVAL_READ_BY_TRAINING`: the settings
+    a training run depends on and records as its MLflow params."""
+    out = dict(cfg)
+    if isinstance(out.get("eval"), Mapping):
+        out["eval"] = {k: v for k, v in out["eval"].items() if k in EVAL_READ_BY_TRAINING}
+    return out
+
+
+def evaluation_only(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``eval`` settings no training reads (``eval.episodes``, ``eval.shots``)."""
+    return {"eval": {k: v for k, v in cfg.get("eval", {}).items()
+                     if k not in EVAL_READ_BY_TRAINING}}
+
 
 def training_settings(run_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What a training run's result depends on, given its full settings: the result settings
-    but :data:`NOT_READ_BY_RUNS`, and ``pretrain`` only when it starts from the pretrain
-    stage's backbone (``train.init: pretrained``)."""
+    but :data:`NOT_READ_BY_RUNS` and the evaluation-only ``eval`` keys
+    (:func:`training_view`), and ``pretrain`` only when it starts from the pretrain stage's
+    backbone (``train.init: pretrained``)."""
     pretrained = run_cfg.get("train", {}).get("init") == "pretrained"
     skipped = NOT_READ_BY_RUNS + (() if pretrained else ("pretrain",))
-    return {k: v for k, v in result_settings(run_cfg).items() if k not in skipped}
+    return training_view(
+        {k: v for k, v in result_settings(run_cfg).items() if k not in skipped})
 
 
 def run_settings(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
-    """What one run's result depends on: :func:`training_settings` of :func:`run_config`."""
+    """What one run's training depends on: :func:`training_settings` of :func:`run_config`."""
     return training_settings(run_config(cfg, method, name))
+
+
+def evaluation_settings(cfg: Mapping[str, Any], method: str, name: str) -> dict[str, Any]:
+    """What one run's evaluation depends on: its :func:`run_settings` (the model) and
+    ``eval.episodes`` (its episode plan); not ``eval.shots``, the list of the other
+    evaluations (an evaluation job's shot is its own)."""
+    settings = run_settings(cfg, method, name)
+    settings["eval"] = {**settings["eval"], "episodes": cfg["eval"]["episodes"]}
+    return settings
 
 
 def runtime_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:

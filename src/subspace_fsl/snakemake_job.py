@@ -8,8 +8,15 @@ reordered config file changes nothing):
 - the data stages (``synthesise``, ``prepare``, ``split``):
   :data:`STAGE_SECTIONS`, e.g. ``split`` re-runs on a changed ``split.seed``, ``prepare`` does not;
 - ``pretrain``: the settings the pre-trained backbone depends on (:func:`pretrain_settings`);
-- ``train`` and ``evaluate``: the run's own settings (:func:`subspace_fsl.grid.run_settings`:
-  no ``grid`` section, so adding a grid value leaves the existing runs alone);
+- ``train``: the run's own settings (:func:`subspace_fsl.grid.run_settings`: no ``grid``
+  section, so adding a grid value leaves the existing runs alone, and of ``eval`` only what
+  the validation reads, so more evaluation episodes or another ``eval.shots`` re-train
+  nothing); ``evaluate`` and ``evaluate_shot``: the same plus ``eval.episodes``
+  (:func:`subspace_fsl.grid.evaluation_settings`);
+- ``train``, ``evaluate``, ``evaluate_shot``: the evaluation-only ``eval`` settings
+  (``eval.episodes``, ``eval.shots``) once more, as a function of ``threads`` (see below):
+  not a rerun trigger, so that the job's settings, and the ``config.yaml`` it writes, are the
+  user's and not the schema's defaults;
 - ``init_tracking``, ``select``, ``tables``, ``plots``, ``explain``: every result setting
   (:func:`subspace_fsl.grid.result_settings`; ``init_tracking`` makes the benchmark's MLflow
   parent run of exactly this grid; it is an input of the tables and plots stages, which log
@@ -97,6 +104,17 @@ def run_settings(cfg: Mapping[str, Any], method: str, run: str) -> dict[str, Any
     return sorted_settings(grid.run_settings(cfg, method, run))
 
 
+def evaluation_settings(cfg: Mapping[str, Any], method: str, run: str) -> dict[str, Any]:
+    """The params of one run's evaluate jobs: its run settings and ``eval.episodes``."""
+    return sorted_settings(grid.evaluation_settings(cfg, method, run))
+
+
+def evaluation_only(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``eval.episodes`` and ``eval.shots``: recorded by train and evaluate jobs, read by
+    neither's result (see :func:`job_config`)."""
+    return sorted_settings(grid.evaluation_only(cfg))
+
+
 def runtime_settings(cfg: Mapping[str, Any], threads: int) -> dict[str, Any]:
     """Where and how a job runs: ``runtime`` and ``tracking``, with ``runtime.threads`` = the
     job's threads (what the profile's ``set-threads`` gave it)."""
@@ -109,8 +127,13 @@ def runtime_settings(cfg: Mapping[str, Any], threads: int) -> dict[str, Any]:
 
 
 def job_config(params: Any, rule: str = "job") -> Config:
-    """The validated settings of a job: its ``settings`` param, then its ``runtime`` param."""
-    settings = {**params.settings, **(params.get("runtime") or {})}
+    """The validated settings of a job: its ``settings`` param; the keys of its ``evaluation``
+    param that ``settings`` lacks (``settings`` wins: an evaluation's ``eval.episodes`` is a
+    rerun trigger there); then its ``runtime`` param."""
+    settings = copy.deepcopy(dict(params.settings))
+    for section, values in (params.get("evaluation") or {}).items():
+        settings[section] = {**values, **settings.get(section, {})}
+    settings.update(params.get("runtime") or {})
     return validate(settings, source=f"the params of rule {rule}")
 
 

@@ -614,13 +614,17 @@ def log_dataset(tracker: NullTracker, cfg: Mapping[str, Any], data: Any, context
 def log_training_start(
     tracker: NullTracker, cfg: Mapping[str, Any], data: Any, run_dir: str | os.PathLike[str]
 ) -> None:
-    """At the start of a training session: params (:func:`run_params`), runtime tags, the
-    data set input and the split file; starts the system-metrics sampler
-    (``tracking.system_metrics``) and the ``train.log`` copy that ``finish`` attaches."""
+    """At the start of a training session: params (:func:`run_params` of the settings the
+    training reads, ``grid.training_view``: no ``eval.episodes`` / ``eval.shots``, which each
+    evaluation records as its own tags), runtime tags, the data set input and the split file;
+    starts the system-metrics sampler (``tracking.system_metrics``) and the ``train.log``
+    copy that ``finish`` attaches."""
+    from subspace_fsl.grid import training_view
+
     if not isinstance(tracker, RunTracker):
         return
     tracker.capture_log(Path(run_dir) / TRAIN_LOG)
-    tracker.log_params(run_params(cfg, data.split))
+    tracker.log_params(run_params(training_view(cfg), data.split))
     tracker.set_tags(runtime_tags(cfg))
     log_dataset(tracker, cfg, data, "training")
     split_file = getattr(data, "split_file", None)

@@ -36,6 +36,17 @@ def run_settings(wildcards):
     return snakemake_job.run_settings(config, wildcards.method, wildcards.run)
 
 
+def evaluation_settings(wildcards):
+    """run_settings and eval.episodes: what an evaluation of the run depends on."""
+    return snakemake_job.evaluation_settings(config, wildcards.method, wildcards.run)
+
+
+def evaluation_only(wildcards, threads):
+    """eval.episodes and eval.shots for the job's records; a function of threads, so not a
+    rerun trigger (an evaluation's eval.episodes is one through evaluation_settings)."""
+    return snakemake_job.evaluation_only(config)
+
+
 def pretrained_input(wildcards):
     """The pretrain stage's backbone when the runs start from it (train.init: pretrained)."""
     if config["train"]["init"] == "pretrained":

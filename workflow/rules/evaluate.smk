@@ -21,7 +21,8 @@ rule evaluate:
         mem_mb=4000,
         runtime=60,
     params:
-        settings=run_settings,
+        settings=evaluation_settings,
+        evaluation=evaluation_only,
         runtime=runtime_settings,
         out_dir=lambda wildcards: paths.eval_dir(
             config, wildcards.method, wildcards.split, wildcards.run
@@ -53,7 +54,8 @@ rule evaluate_shot:
         mem_mb=4000,
         runtime=60,
     params:
-        settings=run_settings,
+        settings=evaluation_settings,
+        evaluation=evaluation_only,
         runtime=runtime_settings,
         shot=lambda wildcards: int(wildcards.shot),
         out_dir=lambda wildcards: paths.eval_dir(

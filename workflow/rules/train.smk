@@ -51,6 +51,7 @@ rule train:
         runtime=720,
     params:
         settings=run_settings,
+        evaluation=evaluation_only,
         runtime=runtime_settings,
         run_dir=lambda wildcards: paths.run_dir(config, wildcards.method, wildcards.run),
     message:
