@@ -453,3 +453,20 @@ def test_init_tracking_reuses_the_parent_of_a_configuration_and_makes_one_per_gr
                                  "tags.`subspace_fsl.kind` = 'benchmark'")
     assert sorted(p.data.params["grid.shot"] for p in parents) == ["[1, 5, 10]", "[1, 5]"]
     assert all(p.info.status == "FINISHED" and p.info.end_time for p in parents)
+
+
+def test_the_view_address_is_the_tracking_servers_own(tmp_path):
+    """Against a tracking server the marker (and init-tracking's output) point at that
+    server's UI, not at a local ``mlflow ui`` on port 5000."""
+    from subspace_fsl.benchmark_tracking import LOCAL_UI, init_benchmark, ui_base
+
+    assert ui_base(f"sqlite:///{tmp_path / 'mlflow.db'}") == LOCAL_UI
+    assert ui_base("file:///tmp/mlruns") == LOCAL_UI
+    with MlflowServer(f"sqlite:///{tmp_path / 'server.db'}") as server:
+        cfg = load_config(None, [f"results_dir={tmp_path / 'results'}",
+                                 f"tracking.uri={server.base}"])
+        record = init_benchmark(cfg)
+        assert record["view"] == view_url(record["experiment_id"], server.base)
+        assert record["view"].startswith(f"{server.base}/#/experiments/")
+        with urllib.request.urlopen(record["view"], timeout=30) as reply:  # the UI's page
+            assert reply.status == 200 and b"<html" in reply.read().lower()

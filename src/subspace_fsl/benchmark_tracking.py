@@ -65,7 +65,17 @@ def view_state() -> dict[str, Any]:
     }
 
 
-def view_url(experiment_id: str, base: str = "http://127.0.0.1:5000") -> str:
+#: where ``mlflow ui --backend-store-uri <store>`` serves a file or database store by default
+LOCAL_UI = "http://127.0.0.1:5000"
+
+
+def ui_base(uri: str) -> str:
+    """The UI serving the store ``uri``: a tracking server serves its own UI at its address;
+    a file or database store is read by ``mlflow ui`` at :data:`LOCAL_UI`."""
+    return uri if uri.startswith(("http://", "https://")) else LOCAL_UI
+
+
+def view_url(experiment_id: str, base: str = LOCAL_UI) -> str:
     """The preset view's address in an ``mlflow ui`` / ``mlflow server`` at ``base``."""
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
 
@@ -152,7 +162,8 @@ def init_benchmark(cfg: Mapping[str, Any]) -> dict[str, Any]:
     with_retry(client.set_terminated, parent_id, "FINISHED")
     return {"enabled": True, "experiment_id": experiment_id,
             "experiment": tracking.experiment_name(cfg), "uri": uri,
-            "parent_run_id": parent_id, "benchmark": key, "view": view_url(experiment_id)}
+            "parent_run_id": parent_id, "benchmark": key,
+            "view": view_url(experiment_id, ui_base(uri))}
 
 
 def write_marker(cfg: Mapping[str, Any], out: str | Path | None = None) -> dict[str, Any]:
