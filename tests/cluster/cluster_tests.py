@@ -145,7 +145,8 @@ def test_tiny_workflow_runs_on_slurm_with_the_profile(slurm, mlflow_server, tmp_
         for ext in report.TABLE_FORMATS:
             assert (paths.tables_dir(cfg) / f"{name}.{ext}").stat().st_size > 0
     main = pd.read_csv(paths.tables_dir(cfg) / "main.csv")
-    assert sorted(main["method"]) == ["multisubspace", "protonet"]
+    assert sorted(zip(main["method"], main["eval_shot"], strict=True)) == [
+        ("multisubspace", 1), ("multisubspace", 2), ("protonet", 1), ("protonet", 2)]
     for name in report.PLOT_NAMES:
         assert (paths.plots_dir(cfg) / f"{name}.png").stat().st_size > 5000
 
@@ -169,6 +170,7 @@ def test_tiny_workflow_runs_on_slurm_with_the_profile(slurm, mlflow_server, tmp_
     experiment = client.get_experiment_by_name("tiny")
     marker = json.loads(paths.tracking_marker(cfg).read_text())
     assert marker["uri"] == mlflow_server
+    assert marker["view"].startswith(f"{mlflow_server}/#/experiments/")  # the server's own UI
     parent = client.get_run(marker["parent_run_id"])
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     children = {f"{method}/{name}" for method, name in RUN_NAMES}
@@ -181,6 +183,13 @@ def test_tiny_workflow_runs_on_slurm_with_the_profile(slurm, mlflow_server, tmp_
         assert "best.pt" in {a.path for a in client.list_artifacts(run.info.run_id)}
     tables = {a.path for a in client.list_artifacts(parent.info.run_id, "tables")}
     assert "tables/main.csv" in tables
+
+
+def _ctrl_c_works() -> None:
+    """In the child before exec: SIGINT back to its default. A shell starts a background
+    command (`make test-cluster &`) with SIGINT ignored, and a Python started that way never
+    sees Ctrl-C; the test's SIGINT must reach Snakemake as a user's Ctrl-C does."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait(predicate, seconds: float, what: str) -> None:
@@ -208,7 +217,7 @@ def test_scancel_mid_training_resumes_on_rerun(slurm, mlflow_server, tmp_path):
          str(profile), "--configfile", str(config), "--slurm-init-seconds-before-status-checks",
          STATUS_CHECK_S, "--retries", "0", target],
         cwd=tmp_path, env=_env(MLFLOW_TRACKING_URI=mlflow_server), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        stderr=subprocess.STDOUT, text=True, preexec_fn=_ctrl_c_works)
     try:
         _wait(lambda: (run_dir / "checkpoint.pt").is_file(), 600, "the first checkpoint")
         record = json.loads((run_dir / "mlflow_run.json").read_text())
@@ -277,6 +286,7 @@ def _train_jobs(tmp: Path, uri: str) -> tuple[list[Path], float, list[float]]:
     the wall time of all, and each one's."""
     data = _prepared_data(tmp)
     runs = [tmp / "runs" / f"job{i}" for i in range(N_JOBS)]
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = load_config(data["config"])
     # the run's complete settings, as a workflow job gets them
     run_config = tmp / "run.yaml"
