@@ -70,9 +70,11 @@ def _run_grid(root: Path) -> Path:
     assert main(["split", *base]) == 0
     assert main(["init-tracking", *base]) == 0
     for run in grid.all_runs(cfg):
-        # what the train rule passes: the run's own settings, not the grid
-        settings = [f"--set={k}={json.dumps(v)}"
-                    for k, v in grid.run_settings(cfg, run.method, run.name).items()]
+        # what the train rule passes: the run's own settings, not the grid, and the
+        # evaluation-only eval settings its config.yaml records (snakemake_job.job_config)
+        run_settings = grid.run_settings(cfg, run.method, run.name)
+        run_settings["eval"] = {**grid.evaluation_only(cfg)["eval"], **run_settings["eval"]}
+        settings = [f"--set={k}={json.dumps(v)}" for k, v in run_settings.items()]
         out = paths.run_dir(cfg, run.method, run.name)
         assert main(["train", *base, *settings, "--out", str(out)]) == 0
         for split in paths.SPLITS:

@@ -131,8 +131,9 @@ def test_the_workflow_reruns_split_when_split_counts_change_and_only_then(tmp_pa
 def test_an_evaluation_is_current_only_for_its_checkpoint_split_and_settings(tmp_path: Path):
     import shutil
 
-    from subspace_fsl.engine.evaluate import check_evaluation, evaluate
+    from subspace_fsl.engine.evaluate import evaluate
     from subspace_fsl.engine.train import train
+    from subspace_fsl.evaluation_record import check_evaluation
 
     base = {**settings(tmp_path, [2, 2, 2]),
             "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,

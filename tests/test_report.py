@@ -55,25 +55,39 @@ def _true_accuracy(run: grid.Run, split: str) -> float:
     return acc
 
 
+def _write_evaluation(cfg, run: grid.Run, split: str, accuracy, shot: int | None = None) -> None:
+    """One evaluation as the engine leaves it: episodes.csv, then summary.json with the
+    provenance of the run's best.pt (fabricated bytes), the split file and the settings."""
+    from subspace_fsl.evaluation_record import evaluation_record
+
+    out = paths.eval_dir(cfg, run.method, split, run.name, shot)
+    out.mkdir(parents=True)
+    pd.DataFrame({"episode": np.arange(len(accuracy)), "seed": 2024, "accuracy": accuracy}
+                 ).to_csv(out / "episodes.csv", index=False)
+    best = paths.run_dir(cfg, run.method, run.name) / "best.pt"
+    if not best.is_file():
+        best.write_bytes(f"fabricated {run.method}/{run.name}".encode())
+    record = evaluation_record(grid.run_config(cfg, run.method, run.name), best, split,
+                               paths.split_path(cfg), shot)
+    (out / "summary.json").write_text(json.dumps({"provenance": record}))
+
+
 def _fabricate(cfg, true_accuracy=_true_accuracy) -> None:
+    split = {"rule": "random", "seed": 0, "counts": [10, 5, 5],
+             "base": [f"b{i}" for i in range(10)], "val": [f"v{i}" for i in range(5)],
+             "novel": [f"n{i}" for i in range(5)]}
+    paths.split_path(cfg).parent.mkdir(parents=True)
+    paths.split_path(cfg).write_text(json.dumps(split))
     rng = np.random.default_rng(0)
     episode_noise = {s: rng.normal(0, 0.05, EPISODES) for s in paths.SPLITS}  # shared episodes
     for run in grid.all_runs(cfg):
         for split in paths.SPLITS:
             acc = np.clip(true_accuracy(run, split) + episode_noise[split]
                           + rng.normal(0, 0.01, EPISODES), 0, 1)
-            out = paths.eval_dir(cfg, run.method, split, run.name)
-            out.mkdir(parents=True)
-            pd.DataFrame({"episode": np.arange(EPISODES), "seed": 2024, "accuracy": acc}
-                         ).to_csv(out / "episodes.csv", index=False)
+            _write_evaluation(cfg, run, split, acc)
         history = pd.DataFrame({"episode": [10, 20, 30, 40], "train_loss": 1.0,
                                 "val_acc": [0.3, np.nan, 0.4, 0.45], "val_ci95": 0.01})
         history.to_csv(paths.run_dir(cfg, run.method, run.name) / "history.csv", index=False)
-    split = {"rule": "random", "seed": 0, "counts": [10, 5, 5],
-             "base": [f"b{i}" for i in range(10)], "val": [f"v{i}" for i in range(5)],
-             "novel": [f"n{i}" for i in range(5)]}
-    paths.split_path(cfg).parent.mkdir(parents=True)
-    paths.split_path(cfg).write_text(json.dumps(split))
 
 
 @pytest.fixture
@@ -266,6 +280,47 @@ def test_missing_evaluation_is_named(fabricated):
         report.load_results(fabricated)
 
 
+def test_an_unfinished_evaluation_is_not_read(fabricated):
+    """episodes.csv without summary.json (written last): an evaluation that did not finish,
+    e.g. an old episodes.csv left by a re-evaluation that was killed."""
+    victim = paths.eval_dir(fabricated, "protonet", "val", "w5_k5_S1_l1-0_l2-0_seed0")
+    (victim / "summary.json").unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(
+            f"{victim / 'summary.json'} (the evaluation did not finish)")):
+        report.load_results(fabricated)
+
+
+def test_a_stale_evaluation_is_refused_naming_the_file_the_input_and_both_values(fabricated,
+                                                                                   tmp_path):
+    from subspace_fsl.provenance import ProvenanceError
+
+    # other evaluation settings than the ones it was made with
+    more = load_config(overrides=[*_cfg_overrides(tmp_path), "eval.episodes=600"])
+    with pytest.raises(ProvenanceError, match=rf"summary.json was made with "
+                       rf"eval.episodes={EPISODES} but the current settings give "
+                       rf"eval.episodes=600"):
+        report.load_results(more)
+    # a retrained model in the run folder: its old evaluations are not its own
+    run = paths.run_dir(fabricated, "multisubspace", "w5_k1_S4_l1-0.3_l2-0.1_seed0")
+    (run / "best.pt").write_bytes(b"another model")
+    with pytest.raises(ProvenanceError, match=r"eval/val/summary.json was made with checkpoint="):
+        report.load_results(fabricated)
+
+
+def test_cli_tables_refuse_a_stale_evaluation_in_one_line(fabricated, tmp_path, capsys):
+    from subspace_fsl.cli import main
+
+    config = tmp_path / "cfg.yaml"
+    config.write_text(json.dumps(fabricated))
+    assert main(["select", "--config", str(config)]) == 0
+    run = paths.run_dir(fabricated, "dsn", "w5_k5_S1_l1-0_l2-0.03_seed1")
+    (run / "best.pt").write_bytes(b"retrained")
+    assert main(["tables", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("subspace-fsl tables: error: ")
+    assert str(run / "eval") in err[0] and "checkpoint=" in err[0] and "Traceback" not in err[0]
+
+
 def test_cli_select_tables_plots(tmp_path, capsys):
     from subspace_fsl.cli import main
 
@@ -294,13 +349,10 @@ def test_eval_shots_label_the_training_shot_and_pair_within_one_eval_shot(tmp_pa
     one_shot = {}  # another episode plan: its own per-episode accuracies, lower
     noise = rng.normal(0, 0.05, EPISODES)
     for run in grid.all_runs(cfg):
-        out = paths.eval_dir(cfg, run.method, "novel", run.name, 1)
-        out.mkdir(parents=True)
         acc = np.clip(_true_accuracy(run, "novel") - 0.15 + noise
                       + rng.normal(0, 0.01, EPISODES), 0, 1)
         one_shot[run.name, run.method] = acc
-        pd.DataFrame({"episode": np.arange(EPISODES), "seed": 2024, "accuracy": acc}
-                     ).to_csv(out / "episodes.csv", index=False)
+        _write_evaluation(cfg, run, "novel", acc, shot=1)
     results = report.load_results(cfg)
     assert sorted(results.groupby(["split", "eval_shot"]).groups) == [
         ("novel", 1), ("novel", 5), ("val", 5)]  # validation only at the training shot

@@ -69,6 +69,32 @@ def test_params_do_not_depend_on_the_order_of_the_config_file():
         assert repr(params(shuffled)) == repr(params(cfg))  # Snakemake compares the repr
 
 
+def test_a_job_records_the_evaluation_only_settings_without_depending_on_them():
+    from subspace_fsl import snakemake_job
+    from subspace_fsl.config import load_config
+
+    cfg = load_config(REPO / ".test" / "config.yaml")
+    name = "w3_k1_S1_l1-0_l2-0_anone_seed0"
+
+    class Params(dict):  # what a script sees as snakemake.params
+        __getattr__ = dict.__getitem__
+
+    train = snakemake_job.run_settings(cfg, "protonet", name)
+    assert set(train["eval"]) == {"batch_size", "query", "seed"}  # the rerun trigger
+    only = snakemake_job.evaluation_only(cfg)
+    assert only == {"eval": {"episodes": 6, "shots": [1, 2]}}
+    # the train job's settings (and its config.yaml) hold the user's eval section, not the
+    # schema's defaults (eval.episodes 600, eval.shots null)
+    job = snakemake_job.job_config(Params(settings=train, evaluation=only), "train")
+    assert job["eval"] == cfg["eval"]
+    # an evaluation's own eval.episodes (its rerun trigger) wins over the recorded one
+    evaluation = snakemake_job.evaluation_settings(cfg, "protonet", name)
+    assert evaluation["eval"]["episodes"] == 6 and "shots" not in evaluation["eval"]
+    job = snakemake_job.job_config(Params(settings=evaluation,
+                                          evaluation={"eval": {"episodes": 99, "shots": [1]}}))
+    assert job["eval"]["episodes"] == 6 and job["eval"]["shots"] == [1]
+
+
 def test_each_data_stage_gets_the_sections_it_reads():
     from subspace_fsl import snakemake_job
     from subspace_fsl.config import load_config

@@ -16,8 +16,11 @@ from typing import Any
 import pandas as pd
 
 from subspace_fsl import grid, paths
+from subspace_fsl.evaluation_record import check_evaluation
 
 EPISODES_FILE = "episodes.csv"
+SUMMARY_FILE = "summary.json"
+BEST_FILE = "best.pt"
 HISTORY_FILE = "history.csv"
 #: every setting a run name encodes besides way, shot and seed
 CONFIG_COLUMNS = ["n_subspaces", "lambda1", "lambda2", "tau", "learn_tau", "distance",
@@ -36,19 +39,35 @@ def load_results(cfg: Mapping[str, Any], splits: Sequence[str] = paths.SPLITS,
                  runs: Iterable[grid.Run] | None = None) -> pd.DataFrame:
     """Long per-episode table of every run of the grid: the key columns, ``eval_shot``,
     ``run``, ``split``, ``episode`` and ``accuracy`` (a fraction), one evaluation per
-    (run, split, eval shot of ``paths.eval_shots``). Missing evaluations raise
-    FileNotFoundError."""
+    (run, split, eval shot of ``paths.eval_shots``).
+
+    Only current evaluations are read: each one's ``summary.json`` (written last) must be
+    there and its provenance must match the run's ``best.pt``, the split file and the
+    current evaluation settings (``evaluation_record.check_evaluation``). Missing or
+    unfinished evaluations raise FileNotFoundError (how many, and one of them); a stale one
+    raises ``provenance.ProvenanceError`` naming its file, the input and both values."""
+    split_file = paths.split_path(cfg)
     frames, missing = [], []
     for run in (grid.all_runs(cfg) if runs is None else runs):
         key = key_frame(run)
+        run_cfg = grid.run_config(cfg, run.method, run.name)
+        checkpoint = paths.run_dir(cfg, run.method, run.name) / BEST_FILE
         for split in splits:
             for shot in paths.eval_shots(cfg, split, key["shot"]):
-                path = (paths.eval_shot_dir(cfg, run.method, split, run.name, key["shot"], shot)
-                        / EPISODES_FILE)
-                if not path.is_file():
-                    missing.append(str(path))
+                folder = paths.eval_shot_dir(cfg, run.method, split, run.name, key["shot"],
+                                             shot)
+                if not (folder / EPISODES_FILE).is_file():
+                    missing.append(str(folder / EPISODES_FILE))
                     continue
-                table = pd.read_csv(path)[["episode", "accuracy"]]
+                if not (folder / SUMMARY_FILE).is_file():
+                    missing.append(f"{folder / SUMMARY_FILE} (the evaluation did not finish)")
+                    continue
+                if not checkpoint.is_file():
+                    missing.append(f"{checkpoint} (the model of {folder})")
+                    continue
+                check_evaluation(folder, run_cfg, checkpoint, split, split_file,
+                                 None if shot == key["shot"] else shot)
+                table = pd.read_csv(folder / EPISODES_FILE)[["episode", "accuracy"]]
                 frames.append(table.assign(split=split, eval_shot=shot, **key))
     if missing:
         raise FileNotFoundError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")

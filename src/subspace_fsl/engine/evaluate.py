@@ -24,11 +24,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subspace_fsl import provenance
 from subspace_fsl.config import atomic_write_text, save_config
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
 from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode, mirrored
+from subspace_fsl.evaluation_record import evaluation_record
 from subspace_fsl.runtime import Runtime, configure, no_grad_eval, place_model, to_input
 
 log = logging.getLogger(__name__)
@@ -218,54 +218,6 @@ def checkpoint_settings(
             f"eval.*, runtime.*, tracking.* and the folders: drop these --set / --config values"
         )
     return used
-
-
-def evaluation_record(
-    cfg: Mapping[str, Any],
-    checkpoint: str | os.PathLike[str],
-    split_name: str,
-    split_file: str | os.PathLike[str],
-    shot: int | None = None,
-) -> dict[str, Any]:
-    """What an evaluation's numbers depend on: the checkpoint's and the split file's bytes
-    (sha256), the split evaluated, the episode shape (``train.way``, ``train.shot``, the
-    evaluation ``shot`` (None = the training shot), ``eval.query``), ``eval.episodes`` and
-    ``eval.seed``. Stored as ``provenance`` in ``summary.json``."""
-    return provenance.stamp(
-        {
-            "checkpoint": provenance.file_digest(checkpoint),
-            "split_file": provenance.file_digest(split_file),
-            "split": split_name,
-            "train": {"way": cfg["train"]["way"], "shot": cfg["train"]["shot"]},
-            "eval": {**{k: cfg["eval"][k] for k in ("episodes", "query", "seed")},
-                     "shot": cfg["train"]["shot"] if shot is None else shot},
-        }
-    )
-
-
-def check_evaluation(
-    eval_dir: str | os.PathLike[str],
-    cfg: Mapping[str, Any],
-    checkpoint: str | os.PathLike[str],
-    split_name: str,
-    split_file: str | os.PathLike[str],
-    shot: int | None = None,
-) -> dict[str, Any]:
-    """The ``summary.json`` of ``eval_dir`` if it was made from exactly this checkpoint,
-    split file and these settings (``shot``: the evaluation shot, None = the training one);
-    else ``provenance.ProvenanceError`` naming the file, the
-    first differing input and both values (FileNotFoundError when there is none)."""
-    path = Path(eval_dir) / "summary.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation {path} does not exist")
-    summary = json.loads(path.read_text())
-    provenance.check(
-        path,
-        summary.get("provenance"),
-        evaluation_record(cfg, checkpoint, split_name, split_file, shot),
-        remedy="evaluate again (subspace-fsl evaluate, or the workflow)",
-    )
-    return summary
 
 
 def evaluate(
