@@ -277,8 +277,9 @@ def _checkpoint_episode(run_dir: Path) -> int:
 # --- the tracking server under concurrent writers ------------------------------------------
 
 N_JOBS = 8
+# from scratch: the tiny config's pre-trained backbone is the workflow's, not made here
 JOB_TRAIN = {"max_episodes": 20, "val_every": 10, "val_episodes": 2, "patience": 5,
-             "checkpoint_every": 10, "log_every": 2}
+             "checkpoint_every": 10, "log_every": 2, "init": "scratch"}
 
 
 def _train_jobs(tmp: Path, uri: str) -> tuple[list[Path], float, list[float]]:
@@ -295,11 +296,12 @@ def _train_jobs(tmp: Path, uri: str) -> tuple[list[Path], float, list[float]]:
 
     def one(i: int) -> float:
         start = time.monotonic()
-        subprocess.run(
+        proc = subprocess.run(
             [str(BIN / "subspace-fsl"), "train", "--config", str(run_config),
              "--set", f"train.seed={i}", "--split-file", str(data["split"]),
              "--cache", str(data["cache"]), "--out", str(runs[i])],
-            env=_env(MLFLOW_TRACKING_URI=uri), check=True, capture_output=True, timeout=900)
+            env=_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"job {i} ({proc.returncode}): {proc.stderr[-3000:]}"
         return time.monotonic() - start
 
     start = time.monotonic()
