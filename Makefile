@@ -35,9 +35,10 @@ lint: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/demo
 
-# the whole chain on the tiny .test configuration (results/test; a few minutes on 2 cores)
+# the whole chain on the tiny .test configuration, .test/ as the working directory (outputs in
+# results/test; a few minutes on 2 cores)
 smoke: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores 2 --configfile .test/config.yaml
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --cores 2 --directory .test
 
 # the performance benchmark against easyfsl and the compute floor (README "Performance", ~3 min)
 bench: $(STAMP)

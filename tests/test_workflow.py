@@ -57,7 +57,7 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-# the tiny configuration of smoke runs (`snakemake --configfile .test/config.yaml`), with its
+# the tiny configuration of smoke runs (`snakemake --directory .test`), with its
 # output folders moved into each test's tmp_path
 TINY = {k: v for k, v in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()
         if k not in ("results_dir", "data_dir")}
@@ -82,6 +82,19 @@ def test_lint_is_clean(profile):
     args = ["--lint"] + (["--profile", profile] if profile else [])
     proc = snakemake(*args, cwd=REPO, timeout=300)
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_the_smoke_command_runs_the_tiny_grid_and_nothing_of_config_yaml():
+    """`make smoke` (`snakemake --directory .test`, from the checkout) plans exactly the runs
+    the tests run on TINY: .test/config.yaml alone, no baseline of config.yaml merged in."""
+    proc = snakemake("-n", "--forceall", "--cores", "2", "--directory", ".test", cwd=REPO,
+                     timeout=300)
+    out = proc.stdout + proc.stderr
+    counts = job_counts(out)
+    assert counts["train"] == len(RUN_NAMES) and counts["evaluate"] == 2 * len(RUN_NAMES)
+    planned = set(re.findall(r"^Job \d+: train (\S+)$", out, flags=re.M))
+    assert planned == {f"{method}/{name}" for method, name in RUN_NAMES}
+    assert str(REPO / "results" / "test") in out or "../results/test" in out
 
 
 def _rule_blocks() -> dict[str, str]:
