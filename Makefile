@@ -22,7 +22,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # a real loopback SLURM cluster (slurmdbd + MariaDB) and an MLflow server on PostgreSQL, set up
-# by tests/cluster/cluster.sh (root: it apt-get installs what is missing); ~40 min on 2 cores from a fresh machine
+# by tests/cluster/cluster.sh (root: it apt-get installs what is missing); ~40 min on 2 cores
+# from a fresh machine
 test-cluster: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[test,cluster]'
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -s -p no:cacheprovider tests/cluster/cluster_tests.py

@@ -20,6 +20,8 @@ from typing import Any
 
 from subspace_fsl import provenance
 
+#: written last by an evaluation, so an evaluation without it did not finish
+SUMMARY_FILE = "summary.json"
 REMEDY = "evaluate again (subspace-fsl evaluate, or the workflow)"
 
 
@@ -71,7 +73,7 @@ def check_evaluation(
     else ``provenance.ProvenanceError`` naming the file, the first differing input and both
     values (FileNotFoundError when there is no summary: no evaluation, or one that did not
     finish)."""
-    path = Path(eval_dir) / "summary.json"
+    path = Path(eval_dir) / SUMMARY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"evaluation {path} does not exist")
     summary = json.loads(path.read_text())

@@ -16,10 +16,9 @@ from typing import Any
 import pandas as pd
 
 from subspace_fsl import grid, paths
-from subspace_fsl.evaluation_record import check_evaluation
+from subspace_fsl.evaluation_record import SUMMARY_FILE, check_evaluation
 
 EPISODES_FILE = "episodes.csv"
-SUMMARY_FILE = "summary.json"
 BEST_FILE = "best.pt"
 HISTORY_FILE = "history.csv"
 #: every setting a run name encodes besides way, shot and seed

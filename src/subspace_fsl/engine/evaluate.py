@@ -28,7 +28,7 @@ from subspace_fsl.config import atomic_write_text, save_config
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
 from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode, mirrored
-from subspace_fsl.evaluation_record import evaluation_record
+from subspace_fsl.evaluation_record import SUMMARY_FILE, evaluation_record
 from subspace_fsl.runtime import Runtime, configure, no_grad_eval, place_model, to_input
 
 log = logging.getLogger(__name__)
@@ -245,7 +245,7 @@ def evaluate(
     if split_name not in SPLIT_NAMES:
         raise ValueError(f"split={split_name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
     out = Path(out_dir)
-    (out / "summary.json").unlink(missing_ok=True)  # written last, again, when all is done
+    (out / SUMMARY_FILE).unlink(missing_ok=True)  # written last, again, when all is done
     runtime = configure(cfg)
     model, state = load_model(checkpoint, runtime)
     # what was used, and what config.yaml records: the checkpoint's model, data and episodes
@@ -296,7 +296,7 @@ def evaluate(
     )
     atomic_write_text(out / "episodes.csv", table.to_csv(index=False))
     save_config(cfg, out / "config.yaml")
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
     # novel_acc / novel_ci95 (val_eval_* on val) and the episodes' digest into the training run
     tracking.log_evaluation(cfg, Path(checkpoint).resolve().parent, summary, out,
