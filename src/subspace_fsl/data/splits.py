@@ -368,3 +368,12 @@ def write_split(
     log.info("%s: rule %s, %d base / %d validation / %d novel classes", path, split["rule"],
              len(split["base"]), len(split["val"]), len(split["novel"]))
     return path
+
+
+def list_files(settings: Mapping[str, Any]) -> list[str]:
+    """The class-list files ``split`` settings read (rule ``lists``; none for other rules):
+    the split stage's inputs besides the cache, so that editing a list re-runs it."""
+    if settings.get("rule") != "lists":
+        return []
+    lists = settings.get("lists") or {}
+    return [str(lists[s]) for s in SETS if lists.get(s)]  # an unset one: the job says so
