@@ -243,7 +243,7 @@ def test_cars_class_folders_and_the_dn4_lists(tmp_path: Path) -> None:
     for c, folder in enumerate(CAR_FOLDERS):
         for j in range(2):
             _jpeg(root / folder / f"{c}{j}.jpg", (24, 24))
-    cache, cfg = _prepare(tmp_path, "cars", f"dataset.root={root}")
+    cache, _ = _prepare(tmp_path, "cars", f"dataset.root={root}")
     assert cache.class_names == CAR_FOLDERS and len(cache.index) == 6
     with pytest.raises(DatasetError, match="class folders, which has no bounding boxes"):
         _prepare(tmp_path, "cars", f"dataset.root={root}", "dataset.crop_to_bbox=true")

@@ -219,7 +219,7 @@ def split_provenance(
     """What a split made now from these settings depends on: the rule; for ``random`` the
     seed and the counts resolved to integers (``[0.5, 0.25, 0.25]`` and ``[100, 50, 50]``
     make the same CUB split; the fixed rules use neither); for ``lists`` the digest of each
-    list's classes (editing a list remakes the split; moving the file does not); the ordered
+    list's set of classes (editing a list remakes the split; reordering or moving it does not); the ordered
     class list."""
     random = rule == "random"
     made_from: dict[str, Any] = {
@@ -231,7 +231,7 @@ def split_provenance(
     if rule == "lists":
         paths = _list_paths(lists)
         for s in SETS:
-            made_from[f"split.lists.{s}"] = provenance.names_digest(read_class_list(paths[s]))
+            made_from[f"split.lists.{s}"] = provenance.names_digest(sorted(read_class_list(paths[s])))
     return provenance.stamp(made_from)
 
 
