@@ -34,7 +34,7 @@ def test_lists_split_keeps_the_data_set_order_and_records_the_lists(tmp_path: Pa
     lists = write_lists(tmp_path, NAMES[5:], [NAMES[3], NAMES[0]], [NAMES[4], NAMES[1], NAMES[2]])
     split = make_split(NAMES, "lists", lists=lists)
     assert split["base"] == NAMES[5:] and split["val"] == [NAMES[0], NAMES[3]]
-    assert split["novel"] == NAMES[1:3] + [NAMES[4]]
+    assert split["novel"] == [*NAMES[1:3], NAMES[4]]
     assert split["counts"] == [4, 2, 3] and split["seed"] is None
     assert {"split.lists.base", "split.lists.val", "split.lists.novel"} <= set(
         split["provenance"])
@@ -156,3 +156,13 @@ def test_the_tiny_workflow_splits_by_lists_and_an_edited_list_reruns_the_split(
     bad = _run("subspace-fsl", "split", "--config", str(config), cwd=tmp_path)
     assert bad.returncode == 2
     assert "val.txt: class '999.not_a_class' is not in the data set" in bad.stderr
+
+
+@pytest.mark.parametrize("example", ["aircraft", "cars", "cub_bifrn", "dogs", "flowers"])
+def test_example_configs_are_valid_and_their_lists_exist(example: str) -> None:
+    from subspace_fsl.config import load_config
+
+    cfg = load_config(REPO / "config" / f"{example}.yaml")
+    assert cfg["dataset"]["source"] in ("aircraft", "cars", "cub", "dogs", "flowers")
+    for path in (cfg["split"]["lists"] or {}).values():
+        assert path is None or (REPO / path).is_file(), path
