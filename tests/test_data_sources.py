@@ -245,6 +245,9 @@ def test_cars_class_folders_and_the_dn4_lists(tmp_path: Path) -> None:
             _jpeg(root / folder / f"{c}{j}.jpg", (24, 24))
     cache, _ = _prepare(tmp_path, "cars", f"dataset.root={root}")
     assert cache.class_names == CAR_FOLDERS and len(cache.index) == 6
+    (tmp_path / "mine" / "Hummer").mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"mine exists but does not hold source cars's layout"):
+        _prepare(tmp_path, "cars", f"dataset.root={tmp_path / 'mine'}")
     with pytest.raises(DatasetError, match="class folders, which has no bounding boxes"):
         _prepare(tmp_path, "cars", f"dataset.root={root}", "dataset.crop_to_bbox=true")
     # the shipped DN4 lists name the real set's 196 folders: 193 of them are not in this one

@@ -361,6 +361,11 @@ def prepare_raw(
     if dataset["crop_to_bbox"] and not spec.boxes:
         raise DatasetError(f"dataset.crop_to_bbox needs bounding boxes; source {source} has none")
     if spec.downloads and not spec.is_root(root):
+        if root.exists():
+            raise DatasetError(
+                f"{root} exists but does not hold source {source}'s layout ({spec.layout}); "
+                "fix dataset.root, or remove the folder to download the data set again"
+            )
         remotes = sources.remote_files(source, dataset)
         archives = [
             download.download(
