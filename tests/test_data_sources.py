@@ -231,6 +231,11 @@ def test_cars_devkit_archives_names_labels_and_crop(tmp_path: Path) -> None:
     _tar(mirror / "car_devkit.tgz", tmp_path / "src", ["devkit"])
     with pytest.raises(DatasetError, match="no official download any more"):
         _prepare(tmp_path / "none", "cars")
+    # a folder URL serves the old published archives, checked by their published MD5s
+    assert [(r.url, r.md5) for r in remote_files(
+        "cars", {"url": "file:///m/", "md5": "official", "size_bytes": "official"})] == [
+        ("file:///m/cars_train.tgz", "065e5b463ae28d29e77c1b4b166cfe61"),
+        ("file:///m/car_devkit.tgz", "c3b158d763b6e2245038c8ad08e45376")]
     cache, _ = _prepare(tmp_path, "cars", f"dataset.url={mirror.as_uri()}/", "dataset.md5=null",
                         "dataset.crop_to_bbox=true")
     assert cache.class_names == CAR_FOLDERS  # the class-folder names: one set of lists

@@ -53,6 +53,9 @@ class Source:
     annotations: tuple[str, ...] = ()  # list files (relative) hashed into the cache stamp
     boxes: bool = False  # has bounding boxes for dataset.crop_to_bbox
     downloads: bool = True  # False: a local folder only (source folder)
+    #: the published names a ``.../`` folder URL serves (default: ``files``), e.g. Cars' old
+    #: archives, which are no longer downloadable but are still checked by their MD5
+    copies: tuple[Remote, ...] = ()
 
 
 _VGG = "https://www.robots.ox.ac.uk/~vgg/data"
@@ -92,21 +95,15 @@ SOURCES: dict[str, Source] = {
         "cars_train/ + devkit/cars_meta.mat, or NNN.<name> class folders",
         (),  # ai.stanford.edu no longer serves cars_train.tgz / car_devkit.tgz
         cars.ANNOTATIONS, boxes=True,
+        # MD5s as torchvision.datasets.StanfordCars checked them
+        copies=(Remote("cars_train.tgz", "", "065e5b463ae28d29e77c1b4b166cfe61"),
+                Remote("car_devkit.tgz", "", "c3b158d763b6e2245038c8ad08e45376")),
     ),
     "folder": Source(
         lambda root, crop: folder.read_folder(root), lambda p: Path(p).is_dir(),
         "one sub-folder per class", downloads=False,
     ),
 }
-
-#: the published names and values a mirror or a copy of the old Cars archives is checked by
-#: (torchvision.datasets.StanfordCars' MD5s); used by name when dataset.url names a file
-_KNOWN = {
-    "cars_train.tgz": "065e5b463ae28d29e77c1b4b166cfe61",
-    "car_devkit.tgz": "c3b158d763b6e2245038c8ad08e45376",
-}
-CARS_FILES = ("cars_train.tgz", "car_devkit.tgz")
-
 
 def get_source(name: str) -> Source:
     try:
@@ -116,11 +113,13 @@ def get_source(name: str) -> Source:
         raise DatasetError(f"dataset.source {name!r}: choose one of {choices}") from None
 
 
+def _copies(source: Source) -> tuple[Remote, ...]:
+    return source.copies or source.files
+
+
 def _published(source: Source, name: str) -> Remote:
-    for remote in source.files:
-        if remote.name == name:
-            return remote
-    return Remote(name, "", _KNOWN.get(name))
+    """The published file called ``name`` (its MD5 and size), or one with no values."""
+    return next((r for r in _copies(source) if r.name == name), Remote(name, ""))
 
 
 def remote_files(name: str, dataset: Mapping[str, Any]) -> list[Remote]:
@@ -135,8 +134,9 @@ def remote_files(name: str, dataset: Mapping[str, Any]) -> list[Remote]:
             )
         wanted = list(source.files)
     elif url.endswith("/"):
-        names = [r.name for r in source.files] or list(CARS_FILES if name == "cars" else ())
-        wanted = [Remote(n, url + n, *_values(_published(source, n))) for n in names]
+        wanted = [Remote(r.name, url + r.name, r.md5, r.size_bytes) for r in _copies(source)]
+        if not wanted:
+            raise DatasetError(f"dataset.url {url}: source {name} has no published files")
     else:
         single = archive_name(url)
         wanted = [Remote(single, url, *_values(_published(source, single)))]
