@@ -41,5 +41,3 @@ def read_flowers(root: str | os.PathLike[str], crop_to_bbox: bool = False) -> pd
         [f"{k:03d}" for k in range(1, n_classes + 1)],
         listed_in=path,
     )
-
-
