@@ -237,7 +237,8 @@ def _check_benchmark_in_mlflow_and_chromium(tmp_path: Path, cfg: dict) -> None:
                     for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {"tables/main.csv", "tables/main.md", "tables/paired.csv",
             "plots/training_curves.png"} <= parent_files
-    assert any(k.startswith("main/multisubspace/") for k in parent.data.metrics)
+    assert any(k.startswith("main/tiny/multisubspace/") for k in parent.data.metrics)
+    assert {runs[name].data.tags["chosen"] for name in children} == {"true", "false"}
 
     browser = chromium()
     with MlflowServer(uri) as server:

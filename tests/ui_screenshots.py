@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_mlflow_benchmark import MlflowServer, _run_grid, chromium  # noqa: E402
+from test_mlflow_benchmark import MlflowServer, _run_grid, chromium
 
 
 def screenshot(browser: str, url: str, out: Path, width: int = 1600, height: int = 900) -> None:
