@@ -7,7 +7,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-cluster demo smoke lint install bench bench-gpu clean-venv
+.PHONY: test test-cluster demo smoke lint install bench bench-gpu clean-venv screenshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/demo
+
+# the MLflow screenshots of docs/workflow.md, in headless Chromium (apt-get installs it if
+# missing): the demo's store where `make demo` ran, else the tiny test grid's (~2 min)
+screenshots: $(STAMP)
+	if [ -f results/demo/mlflow.db ]; then \
+		$(BIN)/python tests/ui_screenshots.py --store sqlite:///$(CURDIR)/results/demo/mlflow.db --name mlflow_demo; \
+	fi
+	$(BIN)/python tests/ui_screenshots.py
 
 # the whole chain on the tiny .test configuration, .test/ as the working directory (outputs in
 # results/test; a few minutes on 2 cores)

@@ -41,3 +41,4 @@ rule all:
         table_files(),
         plot_files(),
         fsl_explain.output_files(config),
+        fsl_pages.page_files(config),

@@ -42,7 +42,7 @@ SETTINGS = {
     "model": {"backbone": "conv4", "subspace_dim": 8},
     "train": {"query": 2, "max_episodes": 6, "val_every": 3, "val_episodes": 2, "log_every": 3,
               "checkpoint_every": 3, "patience": 100, "augment": "none"},
-    "eval": {"query": 2, "episodes": 5, "batch_size": 32},
+    "eval": {"query": 2, "episodes": 5, "batch_size": 32, "shots": [1, 2]},
     "grid": {"way": [2], "shot": [1], "n_subspaces": [2], "lambda1": [0.1],
              "lambda2": [0, 0.1], "tau": [1], "seeds": [0],
              "baselines": {"protonet": {"head": "protonet", "n_subspaces": 1, "lambda1": 0,
@@ -79,6 +79,8 @@ def _run_grid(root: Path) -> Path:
         assert main(["train", *base, *settings, "--out", str(out)]) == 0
         for split in paths.SPLITS:
             assert main(["evaluate", "--run", str(out), "--split", split]) == 0
+        # eval.shots: the same model on 2-shot novel episodes (another main-table row)
+        assert main(["evaluate", "--run", str(out), "--split", "novel", "--shot", "2"]) == 0
     for stage in ("select", "tables", "plots"):
         assert main([stage, *base]) == 0
     return config
@@ -95,7 +97,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict:
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved
     cfg = load_config(config)
-    client = MlflowClient(tracking_uri(cfg))
+    # the store's own model registry (MLflow's default registry is another: ./mlflow.db)
+    client = MlflowClient(tracking_uri(cfg), registry_uri=tracking_uri(cfg))
     experiment = client.get_experiment_by_name("tiny")
     runs = client.search_runs([experiment.experiment_id])
     marker = json.loads(paths.tracking_marker(cfg).read_text())
@@ -182,11 +185,6 @@ def test_the_parent_holds_selection_tables_paired_tests_plots_and_main_numbers(b
     assert "selection/tiny.csv" in artifacts
     parent = client.get_run(parent_id)
     cfg = bench["cfg"]
-    main_table = pd.read_csv(paths.tables_dir(cfg) / "main.csv")
-    for row in main_table.itertuples():
-        key = f"main/{row.method}/w{row.way}_k{row.shot}"
-        assert parent.data.metrics[f"{key}_acc"] == pytest.approx(row.mean)
-        assert parent.data.metrics[f"{key}_ci95"] == pytest.approx(row.ci95)
     table = pd.read_csv(paths.selection_path(cfg))
     for method in ("multisubspace", "protonet"):  # each method's own choice, not mixed
         selection = table[(table["method"] == method) & table["best_s"]].iloc[0]
@@ -197,6 +195,83 @@ def test_the_parent_holds_selection_tables_paired_tests_plots_and_main_numbers(b
             assert float(tag) == selection[setting]
         assert parent.data.tags[f"selection.{method}.w2_k1_S{s}.distance"] == \
             selection["distance"]
+
+
+def test_every_parent_metric_is_its_main_table_cell(bench):
+    """Each cell of main.csv (method, way, shot, evaluation shot; target = the data set) is
+    one pair of parent metrics equal to it, and the parent has no other ``main/`` metric: the
+    2-shot evaluation of the 1-shot models does not overwrite the 1-shot cell."""
+    cfg = bench["cfg"]
+    parent = bench["client"].get_run(bench["marker"]["parent_run_id"])
+    logged = {k: v for k, v in parent.data.metrics.items() if k.startswith("main/")}
+    main_table = pd.read_csv(paths.tables_dir(cfg) / "main.csv")
+    assert set(main_table["eval_shot"]) == {1, 2}
+    expected = {}
+    for row in main_table.itertuples():
+        key = f"main/tiny/{row.method}/w{row.way}_k{row.shot}_eval{row.eval_shot}"
+        expected[f"{key}_acc_pct"] = row.mean
+        expected[f"{key}_ci95_pct"] = row.ci95
+    assert set(logged) == set(expected)
+    for name, value in expected.items():
+        assert logged[name] == pytest.approx(value), name
+    # and the history holds one value per metric: no cell was logged over another
+    for name in logged:
+        assert len(bench["client"].get_metric_history(parent.info.run_id, name)) == 1, name
+
+
+def test_parent_metrics_are_keyed_by_a_target_column_where_the_table_has_one(bench):
+    from subspace_fsl.benchmark_tracking import main_metrics
+
+    table = pd.DataFrame({"method": ["a", "a"], "way": [5, 5], "shot": [1, 1],
+                          "eval_shot": [1, 1], "target": ["cars", None],
+                          "mean": [50.0, 60.0], "ci95": [1.0, 2.0]})
+    metrics = main_metrics(bench["cfg"], table)
+    assert metrics == {"main/cars/a/w5_k1_eval1_acc_pct": 50.0,
+                       "main/cars/a/w5_k1_eval1_ci95_pct": 1.0,
+                       "main/tiny/a/w5_k1_eval1_acc_pct": 60.0,
+                       "main/tiny/a/w5_k1_eval1_ci95_pct": 2.0}
+
+
+def test_the_chosen_runs_are_tagged_and_their_models_aliased(bench):
+    cfg, client = bench["cfg"], bench["client"]
+    table = pd.read_csv(paths.selection_path(cfg))
+    best = table[table["best_s"].astype(bool)]
+    for name, run in _children(bench).items():
+        method, folder = name.split("/")
+        key = paths.parse_run_name(folder)
+        row = best[best["method"] == method].iloc[0]
+        expected = bool(np.isclose(row["lambda2"], key.lambda2)
+                        and row["n_subspaces"] == key.n_subspaces)
+        tags = client.get_run(run.info.run_id).data.tags
+        assert tags["chosen"] == str(expected).lower(), name
+        # the settings that tell the runs apart (S, lambda1 and lambda2 vary in this grid)
+        assert tags["cell"] == (f"S={key.n_subspaces} λ1={paths.format_number(key.lambda1)} "
+                                f"λ2={paths.format_number(key.lambda2)}")
+    for method in ("multisubspace", "protonet"):
+        version = client.get_model_version_by_alias(f"tiny-{method}-w2_k1", "chosen")
+        tags = client.get_run(version.run_id).data.tags
+        assert tags["chosen"] == "true" and tags["method"] == method
+
+
+def test_each_logged_model_is_named_and_carries_its_novel_metrics_and_data_set(bench):
+    from subspace_fsl.mlflow_model import model_name
+
+    client = bench["client"]
+    models = {m.source_run_id: m for m in client.search_logged_models(
+        [bench["experiment"].experiment_id])}
+    for name, run in _children(bench).items():
+        model = models[run.info.run_id]
+        method, folder = name.split("/")
+        assert model.name == model_name(method, folder) and method in model.name
+        assert "." not in model.name and folder.split("_l1")[0] in model.name
+        metrics = {m.key: m for m in model.metrics}
+        assert metrics["novel_acc"].value == pytest.approx(run.data.metrics["novel_acc"])
+        assert metrics["novel_shot2_acc"].value == pytest.approx(
+            run.data.metrics["novel_shot2_acc"])
+        assert metrics["val_eval_acc"].value == pytest.approx(run.data.metrics["val_eval_acc"])
+        (dataset_input,) = run.inputs.dataset_inputs
+        assert {(m.dataset_name, m.dataset_digest) for m in metrics.values()
+                if not m.key.startswith("system/")} == {("tiny", dataset_input.dataset.digest)}
 
 
 def test_the_best_checkpoint_is_an_mlflow_model_with_a_signature(bench):
@@ -211,8 +286,9 @@ def test_the_best_checkpoint_is_an_mlflow_model_with_a_signature(bench):
     models = bench["client"].search_logged_models([bench["experiment"].experiment_id])
     assert sorted(m.source_run_id for m in models) == sorted(
         r.info.run_id for r in _children(bench).values())
+    (logged,) = [m for m in models if m.source_run_id == run.info.run_id]
     with global_store(tracking_uri(cfg)):
-        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+        model = mlflow.pyfunc.load_model(f"models:/{logged.model_id}")
     inputs = {spec.name: spec.shape for spec in model.metadata.get_input_schema().inputs}
     assert inputs == {"support_images": (-1, 3, 32, 32), "support_labels": (-1,),
                       "query_images": (-1, 3, 32, 32)}
@@ -345,8 +421,17 @@ def test_the_experiment_describes_the_benchmark_and_presets_a_view(bench):
     assert "Few-shot benchmark on `tiny`" in tags["mlflow.note.content"]
     assert tags["dataset"] == "tiny" and tags["split_rule"].startswith("class split random")
     assert "test episodes per cell" in tags["protocol"]
-    assert json.loads(tags[SHARED_VIEW_TAG]) == view_state()
+    assert json.loads(tags[SHARED_VIEW_TAG]) == view_state(bench["cfg"])
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
     assert bench["marker"]["view"] == view_url(bench["experiment"].experiment_id)
+    assert bench["marker"]["view"].endswith("&workflowType=machine_learning")
+    columns = view_state(bench["cfg"])["selectedColumns"]
+    # chosen, method, cell, then the sorted-by metric, before the settings
+    assert columns[:4] == ["tags.`chosen`", "tags.`method`", "tags.`cell`",
+                           "metrics.`novel_acc`"]
+    for setting in ("model.n_subspaces", "train.lambda1", "train.lambda2"):  # they vary
+        assert f"params.`{setting}`" in columns
+    assert "params.`model.tau`" not in columns  # one tau in this grid
 
 
 # --- in a real browser -----------------------------------------------------------------------
@@ -425,18 +510,23 @@ def visible_text(dom: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_ui_shows_the_grid_and_its_novel_accuracy_in_chromium(bench):
+def test_the_ui_shows_the_grid_the_chosen_runs_and_their_settings_in_chromium(bench):
+    """At 1600 px (the runs table draws only the columns in view): the chosen column and
+    its values, the cell settings that tell the runs apart, and the sort column."""
     browser = chromium()
     with MlflowServer(tracking_uri(bench["cfg"])) as server:
         text = visible_text(page_dom(
-            browser, view_url(bench["experiment"].experiment_id, server.base)))
+            browser, view_url(bench["experiment"].experiment_id, server.base), width=1600))
     assert "Few-shot benchmark on tiny" in text  # the experiment's description
+    assert "Traces" not in text or "Models" in text  # the machine-learning mode's tabs
+    client = bench["client"]
     for name, run in _children(bench).items():
-        assert name in text
+        assert name[:20] in text
+        tags = client.get_run(run.info.run_id).data.tags
+        assert tags["cell"] in text, tags["cell"]  # S, lambda1, lambda2 of this row
         assert f"{run.data.metrics['novel_acc']:.4g}"[:4] in text
-    # the preset view's columns
-    for column in ("novel_acc", "novel_ci95", "val_eval_acc", "train.lambda2",
-                   "model.n_subspaces", "train.shot", "train.seed", "method"):
+    assert "true" in text and "false" in text  # the chosen column's values
+    for column in ("chosen", "cell", "novel_acc", "novel_ci95", "val_eval_acc", "method"):
         assert column in text, column
     assert "benchmark/tiny-" not in text  # the view lists the training runs
 

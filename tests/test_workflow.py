@@ -237,7 +237,8 @@ def _check_benchmark_in_mlflow_and_chromium(tmp_path: Path, cfg: dict) -> None:
                     for a in client.list_artifacts(parent.info.run_id, folder)}
     assert {"tables/main.csv", "tables/main.md", "tables/paired.csv",
             "plots/training_curves.png"} <= parent_files
-    assert any(k.startswith("main/multisubspace/") for k in parent.data.metrics)
+    assert any(k.startswith("main/tiny/multisubspace/") for k in parent.data.metrics)
+    assert {runs[name].data.tags["chosen"] for name in children} == {"true", "false"}
 
     browser = chromium()
     with MlflowServer(uri) as server:
@@ -344,6 +345,7 @@ def test_end_to_end_tiny_grid(tmp_path):
     snakemake("--configfile", str(config), "--report", str(html), cwd=tmp_path, timeout=300)
     text = html.read_text(errors="replace")
     assert html.stat().st_size > 50_000 and "Paired comparisons" in text
+    _check_report_shows_the_tables_inline(text, cfg)
 
     # a second invocation has nothing to do
     again = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
@@ -395,3 +397,25 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert "protonet/w3_k1_S1_l1-0_l2-0_t10_anone_seed0/best.pt" not in re.sub(
         r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)
+
+
+def _check_report_shows_the_tables_inline(text: str, cfg: dict) -> None:
+    """The report's first page holds the headline (every main-table cell of the method and
+    its best baseline), and the main, paired and explain tables are HTML items (shown in the
+    report, not offered as downloads) whose cells are the Markdown tables' cells."""
+    import base64
+    import html as html_lib
+
+    pages = {}
+    for match in re.finditer(r"data:text/html;charset=[^;]+;filename=([^;]+);base64,"
+                             r"([A-Za-z0-9+/=]+)", text):
+        pages[match[1]] = base64.b64decode(match[2]).decode()
+    assert {"main.html", "paired.html", "explain.html", "explain_paired.html"} <= set(pages)
+    main = pd.read_csv(paths.tables_dir(cfg) / "main.csv")
+    for row in main.itertuples():
+        assert f"{row.mean:.2f} ± {row.ci95:.2f}" in pages["main.html"], row
+    assert "<table>" in pages["paired.html"] and "protonet" in pages["paired.html"]
+    assert "<table>" in pages["explain.html"]
+    first_page = html_lib.unescape(text)
+    assert "Headline: novel-class accuracy (%) on tiny" in first_page
+    assert "3-way 2-shot (trained 1-shot)" in first_page

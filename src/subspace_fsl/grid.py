@@ -103,16 +103,39 @@ def method_augments(cfg: Mapping[str, Any]) -> list[str]:
     return list(cfg["grid"].get("augment") or [cfg["train"]["augment"]])
 
 
+def method_lambda1s(cfg: Mapping[str, Any], n_subspaces: int) -> list[float]:
+    """The ``grid.lambda1`` values trained at S = ``n_subspaces``: all of them, but only the
+    smallest at S = 1 (0 where the grid has it), where lambda1 (the penalty between
+    subspaces, method.md step 4) has no pair of subspaces to act on, so every value trains
+    the same model (duplicates by construction, dropped and counted once in :func:`budget`)."""
+    values = list(cfg["grid"]["lambda1"])
+    return [min(values, key=abs)] if int(n_subspaces) == 1 else values
+
+
+def dropped_duplicates(cfg: Mapping[str, Any]) -> str | None:
+    """One line naming the cells :func:`method_lambda1s` drops, or None when none is."""
+    g = cfg["grid"]
+    if 1 not in [int(s) for s in g["n_subspaces"]] or len(g["lambda1"]) < 2:
+        return None
+    kept = method_lambda1s(cfg, 1)[0]
+    others = ", ".join(paths.format_number(v) for v in g["lambda1"] if v != kept)
+    kept = paths.format_number(kept)
+    return (f"grid: S=1 is trained at lambda1={kept} only (lambda1 {others} at S=1 would "
+            f"train the same model: lambda1 acts between subspaces)")
+
+
 def method_runs(cfg: Mapping[str, Any]) -> list[Run]:
-    """Every grid cell and seed of the method (the squared distance, grid.tau)."""
+    """Every grid cell and seed of the method (the squared distance, grid.tau), S = 1 at one
+    lambda1 (:func:`method_lambda1s`)."""
     _check(cfg)
     g = cfg["grid"]
     method = method_name(cfg)
     return [
         Run(method, paths.run_name(w, k, s, l1, l2, seed, *tau_setting(t), "squared", e, a))
-        for w, k, s, l1, l2, t, e, a, seed in itertools.product(
-            g["way"], g["shot"], g["n_subspaces"], g["lambda1"], g["lambda2"], g["tau"],
-            g["embed"], method_augments(cfg), g["seeds"])
+        for w, k, s in itertools.product(g["way"], g["shot"], g["n_subspaces"])
+        for l1, l2, t, e, a, seed in itertools.product(
+            method_lambda1s(cfg, s), g["lambda2"], g["tau"], g["embed"],
+            method_augments(cfg), g["seeds"])
     ]
 
 
@@ -137,8 +160,9 @@ def budget(cfg: Mapping[str, Any], method: str) -> int:
     replicates of one configuration, not extra choices)."""
     g = cfg["grid"]
     if method == method_name(cfg):
-        return (len(g["n_subspaces"]) * len(g["lambda1"]) * len(g["lambda2"]) * len(g["tau"])
-                * len(g["embed"]) * len(method_augments(cfg)))
+        return (sum(len(method_lambda1s(cfg, s)) for s in g["n_subspaces"])
+                * len(g["lambda2"]) * len(g["tau"]) * len(g["embed"])
+                * len(method_augments(cfg)))
     if method in g["baselines"]:
         b = baseline_settings(cfg, method)
         return len(b["tau"]) * len(b["distance"]) * len(b["embed"]) * len(b["augment"])

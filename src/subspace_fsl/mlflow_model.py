@@ -10,14 +10,21 @@ The model takes one few-shot episode and returns, for every query image, one sco
 - output: ``logits`` float32 ``[Q, N]`` = -D(q, c) / tau (the argmax is the predicted class;
   D is the summed subspace distance of method.md step 3).
 
-``log_model`` stores ``best.pt`` as the model's artifact, so ``runs:/<run id>/model`` is also
-what ``subspace-fsl predict --model`` reads (``checkpoint_of``).
+``log_model`` stores ``best.pt`` as the model's artifact. The logged model is named after what
+it is, ``{method}-{run folder}`` (:func:`model_name`; MLflow allows no ``.`` or ``/`` in it, so
+``l1-0.1`` reads ``l1-0p1``); ``models:/<model id>`` loads it, and ``subspace-fsl predict
+--model`` also reads ``runs:/<run id>/model`` (``checkpoint_of`` finds the run's model).
+:func:`log_model_metrics` (the tables stage, once the evaluations ran) logs the run's novel and
+validation metrics on the model, against its data set (name and cache digest), which the
+model's page lists under "Datasets used".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +39,14 @@ except ImportError:  # pragma: no cover - mlflow is a dependency
     PythonModel = object  # type: ignore[assignment,misc]
 
 MODEL_NAME = "model"
+#: the run's metrics a logged model carries (:func:`log_model_metrics`)
+MODEL_METRIC_PREFIXES = ("novel_", "val_eval_", "best_val_acc")
+
+
+def model_name(method: str, run_name: str) -> str:
+    """The logged model's name: ``{method}-{run folder}`` with ``.`` as ``p``
+    (``multisubspace-w5_k1_S4_l1-0p1_l2-0_anone_seed0``)."""
+    return f"{method}-{run_name.split('/')[-1]}".replace(".", "p").replace("/", "-")
 CHECKPOINT_ARTIFACT = "checkpoint"
 INPUTS = ("support_images", "support_labels", "query_images")
 
@@ -114,12 +129,14 @@ def log_model(tracker: Any, cfg: Mapping[str, Any], checkpoint: str | os.PathLik
 
     run = with_retry(tracker.client.get_run, tracker.run_id)
     method = run.data.tags.get(METHOD_TAG)
+    name = model_name(method or "model", run.info.run_name or Path(checkpoint).parent.name)
     # created here, in the run's experiment (Model.log alone would file it under the global
     # "active" experiment, i.e. Default), with the run's params as MLflow does
     logged = with_retry(
-        tracker.client.create_logged_model, run.info.experiment_id, name=MODEL_NAME,
+        tracker.client.create_logged_model, run.info.experiment_id, name=name,
         source_run_id=tracker.run_id, params=dict(run.data.params),
-        tags={METHOD_TAG: method} if method else None,
+        tags={**({METHOD_TAG: method} if method else {}), "run": str(run.info.run_name),
+              "dataset": str(cfg["dataset"]["name"])},
     )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # the object is pickled by reference (its class lives in this package), and a TensorSpec
@@ -131,7 +148,7 @@ def log_model(tracker: Any, cfg: Mapping[str, Any], checkpoint: str | os.PathLik
         with global_store(tracker.uri), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             return Model.log(
-                artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc,
+                artifact_path=None, name=name, flavor=mlflow.pyfunc,
                 run_id=tracker.run_id, model_id=logged.model_id, python_model=FewShotPyfunc(),
                 artifacts={CHECKPOINT_ARTIFACT: str(Path(checkpoint).resolve())},
                 signature=signature(cfg["dataset"]["image_size"]),
@@ -143,14 +160,62 @@ def log_model(tracker: Any, cfg: Mapping[str, Any], checkpoint: str | os.PathLik
         pyfunc_log.setLevel(level)
 
 
+def run_model(client: Any, run_id: str) -> Any | None:
+    """The logged model of the training run ``run_id`` (the latest), or None."""
+    from subspace_fsl.tracking import with_retry
+
+    run = with_retry(client.get_run, run_id)
+    models = with_retry(client.search_logged_models, [run.info.experiment_id],
+                        filter_string=f"source_run_id = '{run_id}'",
+                        order_by=[{"field_name": "creation_timestamp", "ascending": False}])
+    return models[0] if models else None
+
+
+def log_model_metrics(client: Any, run_id: str) -> str | None:
+    """The run's novel and validation metrics (:data:`MODEL_METRIC_PREFIXES`, their last
+    values) on its logged model, against the run's data set input (name, digest); returns the
+    model id (None: the run has no model)."""
+    from mlflow.entities import Metric
+
+    from subspace_fsl.tracking import with_retry
+
+    model = run_model(client, run_id)
+    if model is None:
+        return None
+    run = with_retry(client.get_run, run_id)
+    inputs = run.inputs.dataset_inputs if run.inputs else []
+    dataset = inputs[0].dataset if inputs else None
+    metrics = [
+        Metric(key, float(value), int(time.time() * 1000), 0, model_id=model.model_id,
+               dataset_name=dataset.name if dataset else None,
+               dataset_digest=dataset.digest if dataset else None, run_id=run_id)
+        for key, value in sorted(run.data.metrics.items())
+        if key.startswith(MODEL_METRIC_PREFIXES)
+    ]
+    if metrics:
+        with_retry(client.log_batch, run_id, metrics=metrics)
+    return model.model_id
+
+
 def checkpoint_of(model_uri: str, tracking_uri: str) -> Path:
-    """The ``best.pt`` inside a logged model (``runs:/<id>/model``, ``models:/...``), fetched
-    from the store into MLflow's download folder."""
+    """The ``best.pt`` inside a logged model (``models:/<model id>``, ``runs:/<id>/model``:
+    the run's own logged model, whatever its name), fetched from the store into MLflow's
+    download folder."""
     import mlflow
 
-    from subspace_fsl.tracking import global_store
+    from subspace_fsl.tracking import _client, global_store
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    match = re.fullmatch(r"runs:/([0-9a-f]+)/model/?", model_uri)
+    if match:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = run_model(_client(tracking_uri), match.group(1))
+        except MlflowException:
+            model = None
+        if model is not None:
+            model_uri = f"models:/{model.model_id}"
     with global_store(tracking_uri):
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     found = sorted(local.rglob("*.pt"))

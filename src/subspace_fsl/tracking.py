@@ -571,9 +571,12 @@ SOURCE_ONLY_KEYS = {
 
 def run_params(cfg: Mapping[str, Any], split: Mapping[str, Any] | None = None) -> dict[str, str]:
     """What ran: the run's own resolved ``dataset``/``split``/``model``/``train``/``eval``
-    settings (``dataset.synthetic.*`` only for a synthetic source), plus the class counts of
-    the split file (``split.n_base``, ``split.n_val``, ``split.n_novel``)."""
-    sections = {k: dict(cfg[k]) for k in PARAM_SECTIONS if k in cfg}
+    settings (``dataset.synthetic.*`` only for a synthetic source), ``pretrain.*`` when the
+    run starts from the pretrain stage's backbone (``train.init: pretrained``), plus the class
+    counts of the split file (``split.n_base``, ``split.n_val``, ``split.n_novel``)."""
+    pretrained = cfg.get("train", {}).get("init") == "pretrained"
+    sections = {k: dict(cfg[k]) for k in (*PARAM_SECTIONS, *(("pretrain",) if pretrained else ()))
+                if k in cfg}
     dataset = sections.get("dataset", {})
     for key in SOURCE_ONLY_KEYS.get(str(dataset.get("source")), ()):
         dataset.pop(key, None)

@@ -1,4 +1,16 @@
-# Tables (CSV, Markdown, LaTeX) and plots (PNG, PDF); `snakemake --report` gathers them.
+# Tables (CSV, Markdown, LaTeX) and plots (PNG, PDF); `snakemake --report` gathers them, with
+# the tables as HTML pages (shown inline) and the headline on its first page (report_pages).
+import sys
+
+from subspace_fsl.report import pages as fsl_pages
+
+
+report: "../report/workflow.rst"
+
+
+# the grid's cells that are duplicates by construction (lambda1 at S=1), dropped: said once
+if grid.dropped_duplicates(config):
+    print(grid.dropped_duplicates(config), file=sys.stderr)
 
 
 rule tables:
@@ -67,3 +79,34 @@ rule plots:
         f"plots of {DATASET}"
     script:
         "../scripts/plots.py"
+
+
+rule report_pages:
+    input:
+        table_files(("md", "csv")),
+        [path for path in fsl_pages.page_sources(config).values()],
+    output:
+        [
+            report(
+                path,
+                caption=f"../report/{path.stem}.rst",
+                category="Explain" if path.stem.startswith("explain") else "Tables",
+                subcategory="html",
+                labels={"table": path.stem, "format": "html"},
+            )
+            for path in fsl_pages.page_files(config)
+            if path.stem != "headline"
+        ],
+        fsl_pages.pages_dir(config) / "headline.html",
+    log:
+        LOGS / "report_pages.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    resources:
+        mem_mb=1000,
+    params:
+        settings=GRID_SETTINGS,
+    message:
+        f"report pages of {DATASET}"
+    script:
+        "../scripts/report_pages.py"

@@ -63,8 +63,13 @@ def run_runs(args: argparse.Namespace) -> int:
 
 def run_show_config(args: argparse.Namespace) -> int:
     from subspace_fsl.config import yaml_dump
+    from subspace_fsl.grid import dropped_duplicates
 
-    print(yaml_dump(config_from_args(args)), end="")  # quoted: YAML 1.1 and 1.2 read it alike
+    cfg = config_from_args(args)
+    note = dropped_duplicates(cfg)
+    if note:  # a YAML comment: the output still reads as the settings
+        print(f"# {note}")
+    print(yaml_dump(cfg), end="")  # quoted: YAML 1.1 and 1.2 read it alike
     return 0
 
 

@@ -702,7 +702,10 @@ class TrainingRun:
         self.setup()
         self.resume()
         self.out.mkdir(parents=True, exist_ok=True)
-        save_config(self.cfg, self.out / "config.yaml")
+        # the run's own settings: not the grid section (the benchmark's, or the schema's
+        # default where the job's settings are the run's), which no training reads
+        save_config({k: v for k, v in self.cfg.items() if k != "grid"},
+                    self.out / "config.yaml")
         self.start_tracking()
         settings = self.settings
         self.progress = Progress(

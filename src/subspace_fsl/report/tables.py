@@ -145,7 +145,7 @@ def lambdas_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.D
             temperature = {"tau": float(picked["tau"]),
                            "learn_tau": bool(picked["learn_tau"])}
             tau_label = tau_text(**temperature)
-            for l1 in g["lambda1"]:
+            for l1 in grid.method_lambda1s(cfg, s):  # S=1: one lambda1 (grid.py)
                 row = (f"{way_shot_label(way, shot)}, S={s}, {tau_label}, "
                        f"λ1={paths.format_number(l1)}")
                 for l2 in g["lambda2"]:
