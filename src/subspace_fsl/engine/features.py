@@ -388,7 +388,7 @@ def build_features(
             "features": features.contiguous(),
             "flipped": None if flipped is None else flipped.contiguous(),
             "stamp": stamp,
-            "labels": torch.as_tensor(data.labels, dtype=torch.long),
+            "labels": torch.tensor(np.array(data.labels), dtype=torch.long),
             "class_names": class_names,
             "provenance": settings,
         },
@@ -398,3 +398,14 @@ def build_features(
              "with mirrors" if flipped is not None else "no mirrors", target)
     return FeatureTable(features, flipped, stamp, np.asarray(data.labels), class_names,
                         settings, target)
+
+
+def feature_data(
+    cfg: Mapping[str, Any], table: FeatureTable, split_file: str | os.PathLike[str] | None = None
+) -> Any:
+    """An ``engine.data.EngineData`` on a feature table (labels and class names from the
+    table, the class split as ``open_data`` resolves it): what episode plans need."""
+    from subspace_fsl.engine.data import EngineData, resolve_split
+
+    split, path = resolve_split(cfg, split_file, table.class_names)
+    return EngineData(cache=table.as_cache(), split=split, split_file=path)
