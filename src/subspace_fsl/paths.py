@@ -7,6 +7,7 @@ Layout below ``results_dir`` (``{d}`` = ``dataset.name``)::
     tracking/{d}.json                  MLflow store + experiment set-up marker
     runs/{d}/{method}/{run}/           one trained model per grid cell (train)
     runs/{d}/{method}/{run}/eval/{split}/   episodes.csv + summary.json (evaluate)
+    features/{d}/{backbone}.pt         frozen-protocol feature table (engine.features)
     selection/{d}.csv                  lambdas (and S) chosen on the validation split
     tables/{d}/  plots/{d}/            the report
 
@@ -251,3 +252,16 @@ def pretrain_dir(cfg: Mapping[str, Any]) -> Path:
 def pretrained_backbone(cfg: Mapping[str, Any]) -> Path:
     """The pre-trained weights a ``train.init: pretrained`` run starts from."""
     return pretrain_dir(cfg) / "backbone.pt"
+
+
+def protocol(cfg: Mapping[str, Any]) -> str:
+    """Which protocol the runs' numbers come from (``train.backbone``): ``finetune`` (the
+    backbone trains on every episode; the default, and what settings without the key meant)
+    or ``frozen`` (heads on :func:`features_path`)."""
+    return str(cfg.get("train", {}).get("backbone", "finetune"))
+
+
+def features_path(cfg: Mapping[str, Any]) -> Path:
+    """``{results_dir}/features/{dataset}/{backbone}.pt``: every cache image embedded once by
+    the pretrain stage's backbone (``train.backbone: frozen``; its provenance inside)."""
+    return results_dir(cfg) / "features" / dataset_name(cfg) / f"{cfg['model']['backbone']}.pt"
