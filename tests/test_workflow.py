@@ -369,7 +369,8 @@ def test_end_to_end_tiny_grid(tmp_path):
                                            "tracking": {"enabled": False}}) == {}
     # (the benchmark's MLflow parent run is per configuration: init_tracking re-runs, and
     # re-trains nothing, through the train rule's ancient input)
-    report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "all": 1}
+    report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "report_pages": 1,
+                   "all": 1}
     assert _changed_run(tmp_path, config, {"grid": {"lambda2": [0, 0.1, 0.3]}}) == {
         "init_tracking": 1, "train": 1, "evaluate": 2, "evaluate_shot": 1, **report_jobs}
     assert _changed_run(tmp_path, config, {"split": {"seed": 1}}) == {
@@ -456,7 +457,8 @@ def test_end_to_end_tiny_grid_frozen(tmp_path):
     assert set(pd.read_csv(paths.selection_path(cfg))["protocol"]) == {"frozen"}
     # the frozen jobs read the feature file, not the cache
     dry = snakemake("-n", "--forcerun", "embed", "--configfile", str(config), cwd=tmp_path)
-    report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "all": 1}
+    report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "report_pages": 1,
+                   "all": 1}
     assert job_counts(dry.stdout + dry.stderr) == {
         "embed": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4, **report_jobs}
     assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
