@@ -92,3 +92,22 @@ def test_load_rejects_overlap_missing_and_unknown(tmp_path: Path) -> None:
     with pytest.raises(SplitError, match="missing keys"):
         save_split({"rule": "random"}, tmp_path / "bad.json")
     assert not (tmp_path / "bad.json").exists()
+
+
+def test_split_lists_matter_only_to_the_lists_rule():
+    """split.lists (filled in by the schema for every rule) is not part of what a fixed rule's
+    split, its job params or the pre-training depend on: adding the key re-runs nothing."""
+    from subspace_fsl import snakemake_job
+    from subspace_fsl.config import load_config
+    from subspace_fsl.data.splits import split_settings
+    from subspace_fsl.engine.pretrain import pretrain_settings
+
+    fixed = {"rule": "closer-look", "counts": [100, 50, 50], "seed": 0,
+             "lists": {"base": None, "val": None, "novel": None}}
+    assert split_settings(fixed) == {"rule": "closer-look", "counts": [100, 50, 50], "seed": 0}
+    listed = {**fixed, "rule": "lists", "lists": {"base": "b.txt", "val": "v.txt", "novel": "n.txt"}}
+    assert split_settings(listed) == listed
+    cfg = load_config(None)
+    assert "lists" in cfg["split"]
+    assert "lists" not in snakemake_job.stage_settings(cfg, "split")["split"]
+    assert "lists" not in pretrain_settings(cfg)["split"]

@@ -81,7 +81,12 @@ def stage_settings(cfg: Mapping[str, Any], stage: str) -> dict[str, Any]:
     """The params of a data stage: the sections of :data:`STAGE_SECTIONS` it reads."""
     if stage not in STAGE_SECTIONS:
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGE_SECTIONS)}")
-    return sorted_settings({key: cfg[key] for key in STAGE_SECTIONS[stage]})
+    from subspace_fsl.data.splits import split_settings
+
+    sections = {key: cfg[key] for key in STAGE_SECTIONS[stage]}
+    if "split" in sections:
+        sections["split"] = split_settings(sections["split"])
+    return sorted_settings(sections)
 
 
 def pretrain_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:

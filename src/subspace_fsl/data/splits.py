@@ -47,6 +47,14 @@ class SplitError(ValueError):
     """A split that overlaps, misses classes or does not fit the data set; names the classes."""
 
 
+def split_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``split`` settings a split depends on: ``lists`` only for ``rule: lists`` (the
+    schema fills it in for every rule; a fixed rule's split, and everything made from it,
+    does not change with it)."""
+    return {key: value for key, value in settings.items()
+            if key != "lists" or settings["rule"] == "lists"}
+
+
 def split_counts(n_classes: int, counts: Sequence[float]) -> list[int]:
     """Integers summing to ``n_classes`` (kept) or fractions summing to 1 (rounded)."""
     if len(counts) != 3 or any(c <= 0 for c in counts):
@@ -219,8 +227,8 @@ def split_provenance(
     """What a split made now from these settings depends on: the rule; for ``random`` the
     seed and the counts resolved to integers (``[0.5, 0.25, 0.25]`` and ``[100, 50, 50]``
     make the same CUB split; the fixed rules use neither); for ``lists`` the digest of each
-    list's set of classes (editing a list remakes the split; reordering or moving it does not); the ordered
-    class list."""
+    list's set of classes (editing a list remakes the split; reordering or moving it does
+    not); the ordered class list."""
     random = rule == "random"
     made_from: dict[str, Any] = {
         "split.rule": rule,
@@ -231,7 +239,8 @@ def split_provenance(
     if rule == "lists":
         paths = _list_paths(lists)
         for s in SETS:
-            made_from[f"split.lists.{s}"] = provenance.names_digest(sorted(read_class_list(paths[s])))
+            classes = sorted(read_class_list(paths[s]))
+            made_from[f"split.lists.{s}"] = provenance.names_digest(classes)
     return provenance.stamp(made_from)
 
 

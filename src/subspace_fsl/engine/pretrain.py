@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from subspace_fsl.config import atomic_write_text, read_yaml, save_config
+from subspace_fsl.data.splits import split_settings
 from subspace_fsl.engine.checkpoint import (
     load_checkpoint,
     rng_state,
@@ -68,7 +69,7 @@ def pretrain_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     not ``train``: one pre-training serves every grid cell)."""
     return {
         "dataset": dict(cfg["dataset"]),
-        "split": dict(cfg["split"]),
+        "split": split_settings(cfg["split"]),
         "model": {k: cfg["model"][k] for k in ("backbone", "backbone_weights")},
         "pretrain": dict(cfg["pretrain"]),
         "eval": {k: cfg["eval"][k] for k in ("query", "seed", "batch_size")},
