@@ -84,6 +84,29 @@ def _construct_core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 CoreLoader.add_constructor("tag:yaml.org,2002:int", _construct_core_int)
 
 
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are all distinct: YAML forbids duplicates, PyYAML keeps the last
+    silently. Keys merged in with ``<<`` may be overridden, as YAML's merge key allows."""
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = first_line.get(key)
+        except TypeError:  # an unhashable key: PyYAML reports it itself
+            continue
+        if seen is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen + 1})",
+                key_node.start_mark)
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+CoreLoader.add_constructor("tag:yaml.org,2002:map", _construct_unique_mapping)
+
+
 def yaml_load(text: str) -> Any:
     """Parse YAML text with the 1.2 core schema (``CoreLoader``)."""
     return yaml.load(text, Loader=CoreLoader)
@@ -243,9 +266,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r} is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    keys = [k for k in key.strip().split(".") if k]
-    if not keys:
+    keys = key.strip().split(".")
+    if not key.strip():
         raise ConfigError(f"--set {text!r} has an empty key")
+    if not all(k.strip() for k in keys) or any(k != k.strip() for k in keys):
+        raise ConfigError(
+            f"--set {text!r}: the key path {key.strip()!r} has an empty or blank part; write "
+            f"section.key=value, e.g. train.shot=1"
+        )
     try:
         return keys, yaml_load(raw)
     except yaml.YAMLError as exc:
@@ -275,10 +303,42 @@ def load_config(
     source = "defaults"
     if path is not None:
         source = str(path)
-        raw = read_yaml(path) or {}
+        raw = read_yaml(path)
+        if raw is None:
+            raise ConfigError(
+                f"config file {source} is empty (or only comments): it would mean every default, "
+                f"i.e. the full CUB-200-2011 benchmark; write the settings to change in it, or "
+                f"leave --config out to mean the defaults"
+            )
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {source} must hold a mapping, not {type(raw).__name__}")
     return validate(apply_overrides(raw, overrides), source=source)
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give a file made by ``tempfile`` (mode 0600, folders 0700) the mode an ordinary
+    ``open`` / ``mkdir`` would: 0666 (0777) minus the umask, so the group can read results."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """A fresh folder in ``parent`` (``tempfile.mkdtemp``) with the umask's usual mode."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    public_mode(tmp, directory=True)
+    return tmp
 
 
 @contextlib.contextmanager
@@ -291,6 +351,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        public_mode(tmp)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -315,7 +376,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build-"))
+    tmp = make_temp_dir(target.parent, f".{target.name}.build-")
     try:
         yield tmp
         if target.exists():

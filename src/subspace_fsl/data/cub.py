@@ -12,7 +12,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from subspace_fsl.config import atomic_write_text
+from subspace_fsl.config import atomic_write_text, make_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +270,7 @@ def extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Pa
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; remove it to extract {archive} again")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.extract-"))
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.extract-")
     try:
         try:
             with tarfile.open(archive) as tar:

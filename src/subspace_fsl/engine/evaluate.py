@@ -123,15 +123,17 @@ def evaluation_plan(
     episodes: int | None = None,
     way: int | None = None,
     shot: int | None = None,
+    shot_key: str = "train.shot",
 ) -> list[Any]:
-    """The fixed episodes of a split: ``eval.seed``, ``eval.query``; way and shot of training."""
+    """The fixed episodes of a split: ``eval.seed``, ``eval.query``; way and shot of training
+    (``shot``: another one, named ``shot_key`` in errors)."""
     from subspace_fsl.data.episodes import episode_plan
 
     way = cfg["train"]["way"] if way is None else way
     shot = cfg["train"]["shot"] if shot is None else shot
     query = cfg["eval"]["query"]
     classes = data.split_classes(split_name)
-    check_episode_fits(data, split_name, way, shot, query, "eval.query")
+    check_episode_fits(data, split_name, way, shot, query, "eval.query", shot_key)
     return episode_plan(
         data.labels,
         classes,
@@ -255,11 +257,11 @@ def evaluate(
     )
     way, train_shot = cfg["train"]["way"], cfg["train"]["shot"]
     shot = train_shot if shot is None else int(shot)
-    where = f"train.way={way}, " + (
-        f"train.shot={shot}" if shot == train_shot else f"evaluation shot {shot} (eval.shots)"
-    )
-    check_head_episode(model, way, shot, where, state["config"]["model"])
-    plan = evaluation_plan(cfg, data, split_name, shot=shot)
+    shot_key = ("train.shot" if shot == train_shot else
+                f"the evaluation shot (--shot / eval.shots; trained at train.shot={train_shot})")
+    check_head_episode(model, way, shot, f"train.way={way}, {shot_key}={shot}",
+                       state["config"]["model"])
+    plan = evaluation_plan(cfg, data, split_name, shot=shot, shot_key=shot_key)
     place_cache(data, runtime)
     log.info(
         "evaluating %s on %d %s episodes (%d-way %d-shot, %d queries per class)",
