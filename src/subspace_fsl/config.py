@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import math
 import os
 import re
@@ -367,23 +368,77 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         raise
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename.
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot (then the caller renames twice)."""
+    import ctypes
 
-    An existing ``path`` is moved aside and removed only after the new folder is complete;
-    on failure the temporary folder is removed and ``path`` is left as it was.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _restore_moved_aside(target: Path) -> None:
+    """A writer killed between its two renames left ``target`` moved aside: put it back."""
+    if target.exists():
+        return
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        os.replace(aside[-1], target)
+
+
+def check_replaceable(path: str | os.PathLike[str], allowed: Iterable[str]) -> None:
+    """Refuse to replace a folder holding anything but ``allowed`` names (call it before the
+    work, so a wrong --out fails at once)."""
+    target = Path(path)
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in set(allowed))
+        if foreign:
+            raise ConfigError(
+                f"{target} holds files that this output does not write ({', '.join(foreign[:5])})"
+                f": choose an empty folder or one of its own outputs"
+            )
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    path: str | os.PathLike[str], allowed: Iterable[str] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    The swap is one ``RENAME_EXCHANGE`` where Linux offers it (a reader, or a kill at any
+    moment, sees the old folder complete or the new one, never neither); elsewhere the old
+    folder is moved aside, the new one renamed in, and a folder left aside by a writer killed
+    between the two is put back by the next writer. The old folder is removed after the swap;
+    on failure the temporary folder is removed and ``path`` is left as it was. ``allowed``:
+    the names an existing ``path`` may hold (anything else is refused, not deleted).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    _restore_moved_aside(target)
+    if allowed is not None:
+        check_replaceable(target, allowed)
     tmp = make_temp_dir(target.parent, f".{target.name}.build-")
     try:
         yield tmp
-        if target.exists():
+        if not target.exists():
+            os.replace(tmp, target)
+        elif _exchange(tmp, target):
+            shutil.rmtree(tmp)  # now the old folder
+        else:
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
+            os.replace(tmp, target)
             shutil.rmtree(old)
-        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

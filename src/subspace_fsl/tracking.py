@@ -498,8 +498,8 @@ def open_run(
     run_tags = {**identity, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
 
     run_id = None
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
+    record = _read_record(record_path)
+    if record is not None:
         if record.get("uri") == uri:
             try:
                 run = with_retry(client.get_run, record["run_id"])
@@ -549,10 +549,22 @@ def retire_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike[str], reason: 
 
 def recorded_run_id(run_dir: str | os.PathLike[str]) -> str | None:
     """The MLflow run id recorded in a run directory, if any."""
-    record_path = Path(run_dir) / RUN_FILE
-    if not record_path.is_file():
+    record = _read_record(Path(run_dir) / RUN_FILE)
+    return None if record is None else record.get("run_id")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """``mlflow_run.json``; None when absent or unreadable (the store's ``run_dir`` tag then
+    finds the run)."""
+    from subspace_fsl.readers import UnreadableFileError, read_json
+
+    try:
+        return read_json(path)
+    except FileNotFoundError:
         return None
-    return json.loads(record_path.read_text()).get("run_id")
+    except UnreadableFileError as exc:
+        log.warning("%s", exc)
+        return None
 
 
 # --- what a training run logs ----------------------------------------------------------------

@@ -53,6 +53,7 @@ from subspace_fsl.engine.model import (
     with_mirrored_support,
 )
 from subspace_fsl.engine.progress import Progress
+from subspace_fsl.readers import read_json
 from subspace_fsl.runtime import Runtime, configure, maybe_compile, place_model, to_input
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ CHECKPOINT, BEST, HISTORY, SUMMARY, DONE = (
     "train_summary.json",
     "done",
 )
+#: what to do about an unreadable train_summary.json (rewritten from checkpoint.pt when absent)
+SUMMARY_REMEDY = "delete it and run train again: it is rewritten from checkpoint.pt"
 HISTORY_COLUMNS = ["episode", "train_loss", "train_acc", "l1", "l2", "val_acc", "val_ci95", "lr"]
 
 
@@ -436,7 +439,7 @@ class TrainingRun:
             )
         else:
             log.info("%s is finished; nothing to do", self.out)
-        return json.loads((self.out / SUMMARY).read_text())
+        return read_json(self.out / SUMMARY, SUMMARY_REMEDY)
 
     # --- setup and resume -------------------------------------------------------------------
 
@@ -610,7 +613,7 @@ class TrainingRun:
         with self.signals.deferred():
             self._write_best()
             self._write_summary()
-        summary = json.loads((self.out / SUMMARY).read_text())
+        summary = read_json(self.out / SUMMARY, SUMMARY_REMEDY)
         self.track_outputs(summary)
         self.end_tracking("FINISHED")
         with self.signals.deferred():
