@@ -17,14 +17,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_cli_errors import error_line, tiny_settings
+from test_workflow import TINY, _write_config, job_counts, snakemake
 
 from subspace_fsl.config import load_config, yaml_load
 from subspace_fsl.data.cache import prepare
 from subspace_fsl.engine.train import train
 from subspace_fsl.evaluation_record import check_evaluation
 from subspace_fsl.readers import UnreadableFileError
-from test_cli_errors import error_line, tiny_settings
-from test_workflow import TINY, _write_config, job_counts, snakemake
 
 CLI = [sys.executable, "-m", "subspace_fsl.cli"]
 FILES = {"episodes.csv", "config.yaml", "summary.json"}
