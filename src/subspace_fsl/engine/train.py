@@ -439,6 +439,9 @@ class TrainingRun:
             )
         else:
             log.info("%s is finished; nothing to do", self.out)
+        from subspace_fsl import tracking
+
+        tracking.replay_pending(self.cfg, self.out)  # what a dead server missed, if anything
         return read_json(self.out / SUMMARY, SUMMARY_REMEDY)
 
     # --- setup and resume -------------------------------------------------------------------
@@ -656,6 +659,7 @@ class TrainingRun:
 
     def track_outputs(self, summary: Mapping[str, Any]) -> None:
         """The final metrics, the output files and the best model."""
+        from subspace_fsl import tracking
         from subspace_fsl.mlflow_model import log_best_model
 
         self.track(
@@ -664,7 +668,8 @@ class TrainingRun:
         )
         for name in (BEST, HISTORY, SUMMARY):
             self.tracker.log_artifact(self.out / name)
-        log_best_model(self.tracker, self.cfg, self.out)  # best.pt as an MLflow model
+        if isinstance(self.tracker, tracking.RunTracker):  # not kept while the server is away
+            self.tracker.guard(log_best_model, self.tracker, self.cfg, self.out)
 
     def end_tracking(self, status: str) -> None:
         """FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED; a resumed run sets RUNNING again."""
