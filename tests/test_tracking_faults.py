@@ -67,7 +67,7 @@ def kill_server(proc: subprocess.Popen[bytes]) -> None:
 def setup(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
     settings = tiny_settings(tmp_path)
     settings["train"].update(max_episodes=40, log_every=2, checkpoint_every=2, val_every=10)
-    settings["tracking"] = {"enabled": True, "system_metrics": False, "retry_s": 3,
+    settings["tracking"] = {"enabled": True, "system_metrics": False, "retry_s": 30,
                             "connect_timeout_s": HANG}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(settings))
     prep = subprocess.run([*CLI, "prepare", "--config", str(tmp_path / "tiny.yaml"),
