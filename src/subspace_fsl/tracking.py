@@ -143,7 +143,8 @@ def bound_http_retries(cfg: Mapping[str, Any]) -> None:
     """MLflow's HTTP timeout and retries (``MLFLOW_HTTP_REQUEST_*``; its defaults retry for
     about 4 minutes, each try up to 120 s) set so that a call to a server that stopped
     answering gives up after about ``tracking.retry_s``: 3 tries of ``retry_s / 3`` s each
-    (at least 5 s: a busy server is not a dead one), 1 and 2 s apart. Variables the user set are kept."""
+    (at least 5 s: a busy server is not a dead one), 1 and 2 s apart. Variables the user
+    set are kept."""
     retry_s = float(cfg["tracking"]["retry_s"])
     for name, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
                         "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
