@@ -37,7 +37,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(store: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(store: str, port: int, cwd: Path) -> subprocess.Popen[bytes]:
     """``mlflow server`` on ``port``; returns once it answers MLflow's API (its first API
     call sets the store up)."""
     from subspace_fsl.tracking import PROBE_PATH
@@ -46,7 +46,8 @@ def start_server(store: str, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        cwd=cwd)  # its artifacts (./mlartifacts) land in the test's folder
     while True:  # until it answers (or dies): the process exit is the failure event
         assert proc.poll() is None, "mlflow server exited"
         try:
@@ -106,8 +107,8 @@ def train_until_server_dies(root: Path, port: int, server: subprocess.Popen[byte
 
 def test_a_server_killed_mid_run_and_restarted_loses_nothing(setup):
     root, store, port = setup
-    proc, lines = train_until_server_dies(root, port, start_server(store, port))
-    server = start_server(store, port)
+    proc, lines = train_until_server_dies(root, port, start_server(store, port, root))
+    server = start_server(store, port, root)
     try:
         rest = proc.stderr.read() if proc.stderr else ""
         assert proc.wait(timeout=HANG) == 0, rest[-3000:]
@@ -138,7 +139,7 @@ def test_a_server_killed_mid_run_and_restarted_loses_nothing(setup):
 
 def test_sigterm_while_the_server_is_dead_exits_promptly(setup):
     root, store, port = setup
-    proc, _ = train_until_server_dies(root, port, start_server(store, port))
+    proc, _ = train_until_server_dies(root, port, start_server(store, port, root))
     proc.send_signal(signal.SIGTERM)
     rest = proc.stderr.read() if proc.stderr else ""  # ends when the process exits
     code = proc.wait(timeout=HANG)
