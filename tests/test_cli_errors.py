@@ -271,6 +271,60 @@ def test_evaluate_records_the_settings_it_used(workspace: Path, tmp_path: Path):
     assert used["eval"]["episodes"] == 3
 
 
+def test_evaluate_at_another_shot_names_the_evaluation_shot_not_train_shot(workspace: Path,
+                                                                          tmp_path: Path):
+    """The run was trained at train.shot=2; --shot 10 does not fit its 8-dim subspaces."""
+    proc = cli("evaluate", "--run", str(workspace / "run"), "--shot", "10",
+               "--out", str(tmp_path / "ev"))
+    line = error_line(proc, "--shot", "=10", "train.shot=2", "subspace_dim (8)")
+    assert "train.shot=10" not in line
+    assert not (tmp_path / "ev").exists()
+
+
+def test_split_before_prepare_says_to_run_prepare(tmp_path: Path):
+    proc = cli("split", "--set", f"results_dir={tmp_path / 'results'}",
+               "--set", f"data_dir={tmp_path / 'data'}")
+    error_line(proc, "meta.json", "subspace-fsl prepare")
+
+
+def test_a_truncated_jpeg_is_exit_2_naming_the_file(workspace: Path, tmp_path: Path):
+    """``prepare`` of a folder data set and ``predict`` on a cut image: one line naming it."""
+    image = next((workspace / "data").rglob("*.jpg"))
+    cut = tmp_path / "support" / "a" / "cut.jpg"
+    cut.parent.mkdir(parents=True)
+    cut.write_bytes(image.read_bytes()[: image.stat().st_size // 2])
+    for name in ("a", "b"):
+        for root in (tmp_path / "support", tmp_path / "whole"):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, root / name / "whole.jpg")
+    proc = cli("prepare", "--config", str(workspace / "tiny.yaml"),
+               "--set", f"results_dir={tmp_path / 'results'}", "--set", "dataset.source=folder",
+               "--set", "dataset.name=cut", "--set", f"dataset.root={tmp_path / 'support'}")
+    assert "truncat" in error_line(proc, str(cut)).lower()
+    proc = cli("predict", "--checkpoint", str(workspace / "run" / "best.pt"),
+               "--support", str(tmp_path / "whole"), "--images", str(cut),
+               "--out", str(tmp_path / "p.csv"), "--config", str(workspace / "tiny.yaml"))
+    error_line(proc, str(cut))
+
+
+def test_result_files_respect_the_umask(workspace: Path, tmp_path: Path):
+    """Made through temporary files and renames, results still get 0666/0777 minus the
+    umask (tempfile's 0600 / 0700 kept the group out on a shared cluster)."""
+    out = tmp_path / "ev"
+    proc = subprocess.run(
+        [*CLI, "evaluate", "--run", str(workspace / "run"), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0o027),
+        env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {
+        n: "0o640" for n in ("episodes.csv", "config.yaml", "summary.json")}
+    assert oct(out.stat().st_mode & 0o777) == "0o750"
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("best.pt", "checkpoint.pt", "history.csv", "train_summary.json", "config.yaml"):
+        assert (workspace / "run" / name).stat().st_mode & 0o777 == 0o666 & ~mask, name
+
+
 # --- tracking: never a hang ---------------------------------------------------------------
 
 

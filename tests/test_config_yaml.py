@@ -111,3 +111,45 @@ def test_the_snakefile_refuses_such_a_file_before_building_anything(tmp_path: Pa
     assert proc.returncode != 0
     assert "train.shot reads as 8 under YAML 1.1 (Snakemake) but 10" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
+
+
+def _one_error_line(proc: subprocess.CompletedProcess[str], *words: str) -> str:
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert len([x for x in proc.stderr.splitlines() if x.startswith("subspace-fsl ")]) == 1
+    for word in words:
+        assert word in line, line
+    return line
+
+
+def test_a_duplicate_key_is_refused_naming_file_key_and_line(tmp_path: Path):
+    config = tmp_path / "dup.yaml"
+    config.write_text("train:\n  shot: 1\nmodel:\n  n_subspaces: 2\n  n_subspaces: 4\n")
+    _one_error_line(cli("show-config", "--config", str(config)), str(config),
+                    "duplicate key 'n_subspaces'", "line 5")
+    config.write_text("train:\n  shot: 1\ntrain:\n  way: 3\n")  # a whole section twice
+    _one_error_line(cli("show-config", "--config", str(config)), "duplicate key 'train'",
+                    "first at line 1", "line 3")
+    with pytest.raises(ConfigError, match="duplicate key 'train'"):
+        check_same_reading([config])  # what the Snakefile runs on its config files
+
+
+def test_a_merge_key_may_still_be_overridden():
+    assert yaml_load("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n") == {
+        "a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}}
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_an_empty_config_file_is_refused_not_read_as_the_full_benchmark(tmp_path: Path,
+                                                                        text: str):
+    config = tmp_path / "empty.yaml"
+    config.write_text(text)
+    _one_error_line(cli("show-config", "--config", str(config)), str(config), "empty",
+                    "every default")
+    assert load_config(None)["dataset"]["source"]  # no --config still means the defaults
+
+
+@pytest.mark.parametrize("override", ["..train..shot..=3", "train..shot=3", ".train.shot=3",
+                                      "train.shot.=3", "train. shot=3"])
+def test_a_malformed_set_path_is_refused(override: str):
+    _one_error_line(cli("show-config", "--set", override), repr(override), "key path")

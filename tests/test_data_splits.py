@@ -105,7 +105,8 @@ def test_split_lists_matter_only_to_the_lists_rule():
     fixed = {"rule": "closer-look", "counts": [100, 50, 50], "seed": 0,
              "lists": {"base": None, "val": None, "novel": None}}
     assert split_settings(fixed) == {"rule": "closer-look", "counts": [100, 50, 50], "seed": 0}
-    listed = {**fixed, "rule": "lists", "lists": {"base": "b.txt", "val": "v.txt", "novel": "n.txt"}}
+    listed = {**fixed, "rule": "lists",
+              "lists": {"base": "b.txt", "val": "v.txt", "novel": "n.txt"}}
     assert split_settings(listed) == listed
     cfg = load_config(None)
     assert "lists" in cfg["split"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import math
 import os
 import re
@@ -82,6 +83,29 @@ def _construct_core_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
 
 
 CoreLoader.add_constructor("tag:yaml.org,2002:int", _construct_core_int)
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    """A mapping whose keys are all distinct: YAML forbids duplicates, PyYAML keeps the last
+    silently. Keys merged in with ``<<`` may be overridden, as YAML's merge key allows."""
+    first_line: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            seen = first_line.get(key)
+        except TypeError:  # an unhashable key: PyYAML reports it itself
+            continue
+        if seen is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first at line {seen + 1})",
+                key_node.start_mark)
+        first_line[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=True)
+
+
+CoreLoader.add_constructor("tag:yaml.org,2002:map", _construct_unique_mapping)
 
 
 def yaml_load(text: str) -> Any:
@@ -243,9 +267,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r} is not of the form key.path=value")
     key, raw = text.split("=", 1)
-    keys = [k for k in key.strip().split(".") if k]
-    if not keys:
+    keys = key.strip().split(".")
+    if not key.strip():
         raise ConfigError(f"--set {text!r} has an empty key")
+    if not all(k.strip() for k in keys) or any(k != k.strip() for k in keys):
+        raise ConfigError(
+            f"--set {text!r}: the key path {key.strip()!r} has an empty or blank part; write "
+            f"section.key=value, e.g. train.shot=1"
+        )
     try:
         return keys, yaml_load(raw)
     except yaml.YAMLError as exc:
@@ -275,10 +304,42 @@ def load_config(
     source = "defaults"
     if path is not None:
         source = str(path)
-        raw = read_yaml(path) or {}
+        raw = read_yaml(path)
+        if raw is None:
+            raise ConfigError(
+                f"config file {source} is empty (or only comments): it would mean every default, "
+                f"i.e. the full CUB-200-2011 benchmark; write the settings to change in it, or "
+                f"leave --config out to mean the defaults"
+            )
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {source} must hold a mapping, not {type(raw).__name__}")
     return validate(apply_overrides(raw, overrides), source=source)
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way is to set it and put it back
+    os.umask(mask)
+    return mask
+
+
+def public_mode(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give a file made by ``tempfile`` (mode 0600, folders 0700) the mode an ordinary
+    ``open`` / ``mkdir`` would: 0666 (0777) minus the umask, so the group can read results."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~current_umask())
+
+
+def make_temp_dir(parent: str | os.PathLike[str], prefix: str) -> Path:
+    """A fresh folder in ``parent`` (``tempfile.mkdtemp``) with the umask's usual mode."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    public_mode(tmp, directory=True)
+    return tmp
 
 
 @contextlib.contextmanager
@@ -291,6 +352,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
+        public_mode(tmp)
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
@@ -306,23 +368,77 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO[An
         raise
 
 
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success it replaces ``path`` in one rename.
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot (then the caller renames twice)."""
+    import ctypes
 
-    An existing ``path`` is moved aside and removed only after the new folder is complete;
-    on failure the temporary folder is removed and ``path`` is left as it was.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def _restore_moved_aside(target: Path) -> None:
+    """A writer killed between its two renames left ``target`` moved aside: put it back."""
+    if target.exists():
+        return
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if aside:
+        os.replace(aside[-1], target)
+
+
+def check_replaceable(path: str | os.PathLike[str], allowed: Iterable[str]) -> None:
+    """Refuse to replace a folder holding anything but ``allowed`` names (call it before the
+    work, so a wrong --out fails at once)."""
+    target = Path(path)
+    if target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in set(allowed))
+        if foreign:
+            raise ConfigError(
+                f"{target} holds files that this output does not write ({', '.join(foreign[:5])})"
+                f": choose an empty folder or one of its own outputs"
+            )
+
+
+@contextlib.contextmanager
+def atomic_directory(
+    path: str | os.PathLike[str], allowed: Iterable[str] | None = None
+) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success it replaces ``path`` as a whole.
+
+    The swap is one ``RENAME_EXCHANGE`` where Linux offers it (a reader, or a kill at any
+    moment, sees the old folder complete or the new one, never neither); elsewhere the old
+    folder is moved aside, the new one renamed in, and a folder left aside by a writer killed
+    between the two is put back by the next writer. The old folder is removed after the swap;
+    on failure the temporary folder is removed and ``path`` is left as it was. ``allowed``:
+    the names an existing ``path`` may hold (anything else is refused, not deleted).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.build-"))
+    _restore_moved_aside(target)
+    if allowed is not None:
+        check_replaceable(target, allowed)
+    tmp = make_temp_dir(target.parent, f".{target.name}.build-")
     try:
         yield tmp
-        if target.exists():
+        if not target.exists():
+            os.replace(tmp, target)
+        elif _exchange(tmp, target):
+            shutil.rmtree(tmp)  # now the old folder
+        else:
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
+            os.replace(tmp, target)
             shutil.rmtree(old)
-        os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,13 +12,13 @@ stages import it.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from subspace_fsl import provenance
+from subspace_fsl.readers import read_json
 
 #: written last by an evaluation, so an evaluation without it did not finish
 SUMMARY_FILE = "summary.json"
@@ -76,7 +76,7 @@ def check_evaluation(
     path = Path(eval_dir) / SUMMARY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"evaluation {path} does not exist")
-    summary = json.loads(path.read_text())
+    summary = read_json(path, REMEDY)
     provenance.check(path, summary.get("provenance"),
                      evaluation_record(cfg, checkpoint, split_name, split_file, shot),
                      remedy=REMEDY)

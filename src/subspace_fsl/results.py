@@ -16,7 +16,8 @@ from typing import Any
 import pandas as pd
 
 from subspace_fsl import grid, paths
-from subspace_fsl.evaluation_record import SUMMARY_FILE, check_evaluation
+from subspace_fsl.evaluation_record import REMEDY, SUMMARY_FILE, check_evaluation
+from subspace_fsl.readers import UnreadableFileError, read_table
 
 EPISODES_FILE = "episodes.csv"
 BEST_FILE = "best.pt"
@@ -64,9 +65,14 @@ def load_results(cfg: Mapping[str, Any], splits: Sequence[str] = paths.SPLITS,
                 if not checkpoint.is_file():
                     missing.append(f"{checkpoint} (the model of {folder})")
                     continue
-                check_evaluation(folder, run_cfg, checkpoint, split, split_file,
-                                 None if shot == key["shot"] else shot)
-                table = pd.read_csv(folder / EPISODES_FILE)[["episode", "accuracy"]]
+                summary = check_evaluation(folder, run_cfg, checkpoint, split, split_file,
+                                           None if shot == key["shot"] else shot)
+                table = read_table(folder / EPISODES_FILE, REMEDY, ("episode", "accuracy"))
+                if len(table) != summary.get("episodes"):
+                    raise UnreadableFileError(
+                        f"{folder / EPISODES_FILE} holds {len(table)} episodes, its summary.json "
+                        f"{summary.get('episodes')} (truncated?); {REMEDY}")
+                table = table[["episode", "accuracy"]]
                 frames.append(table.assign(split=split, eval_shot=shot, **key))
     if missing:
         raise FileNotFoundError(f"{len(missing)} evaluation(s) missing, e.g. {missing[0]}")
@@ -87,7 +93,8 @@ def load_histories(cfg: Mapping[str, Any], runs: Iterable[grid.Run] | None = Non
         path = paths.run_dir(cfg, run.method, run.name) / HISTORY_FILE
         if not path.is_file():
             raise FileNotFoundError(f"training history missing: {path}")
-        table = pd.read_csv(path)
+        table = read_table(path, "train the run again (subspace-fsl train, or the workflow)",
+                           ("episode", "val_acc"))
         table = table[table["val_acc"].notna()][["episode", "val_acc"]]
         frames.append(table.assign(**key_frame(run)))
     return pd.concat(frames, ignore_index=True)

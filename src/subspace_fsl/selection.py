@@ -29,6 +29,7 @@ import pandas as pd
 
 from subspace_fsl import grid, paths
 from subspace_fsl.config import atomic_write_text
+from subspace_fsl.readers import read_table
 from subspace_fsl.results import CONFIG_COLUMNS, load_results
 
 CELL = ["way", "shot", "n_subspaces"]
@@ -123,11 +124,7 @@ def write_selection(selection: pd.DataFrame, path: str | Path) -> Path:
 
 
 def read_selection(path: str | Path) -> pd.DataFrame:
-    table = pd.read_csv(path)
-    missing = set(SELECTION_COLUMNS) - set(table.columns)
-    if missing:
-        raise ValueError(f"{path} is not a selection table (missing {sorted(missing)}); "
-                         "re-run `subspace-fsl select`")
+    table = read_table(path, "re-run `subspace-fsl select`", SELECTION_COLUMNS)
     for column in ("best_s", "learn_tau"):
         table[column] = table[column].astype(bool)
     return table

@@ -81,21 +81,48 @@ def tracking_uri(cfg: Mapping[str, Any]) -> str:
     return uri
 
 
-def check_reachable(uri: str, timeout: float) -> None:
-    """Fail within ``timeout`` seconds (per connection step) when an http(s) store does not
-    answer, instead of sitting in MLflow's request retries; any HTTP answer counts. Other
-    stores (sqlite, databricks) are not network services here and are not probed."""
+#: an MLflow REST call every tracking server answers with JSON (the experiment, or the error
+#: RESOURCE_DOES_NOT_EXIST): what tells an MLflow server from any other web server
+PROBE_PATH = "/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
+
+
+def _probe(uri: str, timeout: float) -> None:
+    """One MLflow API call; ``ConfigError`` when the answer is not MLflow's, OSError when
+    there is none."""
     import urllib.error
     import urllib.request
 
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}{PROBE_PATH}", timeout=timeout) as reply:
+            status, body = reply.status, reply.read(65536)
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            return  # an authenticating front: MLflow's client sends the credentials
+        status, body = exc.code, exc.read(65536)
+    try:
+        answer = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        answer = None
+    if not isinstance(answer, dict) or not ({"experiment", "error_code"} & answer.keys()):
+        raise ConfigError(
+            f"{uri} answers HTTP {status} but is not an MLflow tracking server (GET "
+            f"{PROBE_PATH.split('?')[0]} is not MLflow's JSON); fix MLFLOW_TRACKING_URI / "
+            f"tracking.uri, or turn tracking off with --set tracking.enabled=false"
+        )
+
+
+def check_reachable(uri: str, timeout: float) -> None:
+    """Fail within ``timeout`` seconds (per connection step) when an http(s) store does not
+    answer, instead of sitting in MLflow's request retries, or answers but is not MLflow
+    (one MLflow API call, :data:`PROBE_PATH`). Other stores (sqlite, databricks) are not
+    network services here and are not probed."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        pass  # it answered (e.g. 401, 404): reachable
+        _probe(uri, timeout)
     except (OSError, ValueError) as exc:  # URLError, refused, timed out, bad host
+        if isinstance(exc, ConfigError):
+            raise
         reason = getattr(exc, "reason", None) or exc
         raise ConfigError(
             f"MLflow tracking server {uri} is unreachable within {timeout:g} s ({reason}); "
@@ -105,9 +132,25 @@ def check_reachable(uri: str, timeout: float) -> None:
 
 
 def check_store(cfg: Mapping[str, Any]) -> None:
-    """Before any work: the store's URI is valid and, for a server, answers in time."""
+    """Before any work: the store's URI is valid and, for a server, answers in time as an
+    MLflow server; MLflow's HTTP retries are bounded by ``tracking.retry_s``."""
     if cfg["tracking"]["enabled"]:
+        bound_http_retries(cfg)
         check_reachable(tracking_uri(cfg), float(cfg["tracking"]["connect_timeout_s"]))
+
+
+def bound_http_retries(cfg: Mapping[str, Any]) -> None:
+    """MLflow's HTTP timeout and retries (``MLFLOW_HTTP_REQUEST_*``; its defaults retry for
+    about 4 minutes, each try up to 120 s) set so that a call to a server that stopped
+    answering gives up after about ``tracking.retry_s``: 3 tries of ``retry_s / 3`` s each
+    (at least 5 s: a busy server is not a dead one), 1 and 2 s apart. Variables the user
+    set are kept."""
+    retry_s = float(cfg["tracking"]["retry_s"])
+    for name, value in {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(5, round(retry_s / 3)))}.items():
+        os.environ.setdefault(name, value)
 
 
 def experiment_name(cfg: Mapping[str, Any]) -> str:
@@ -224,6 +267,7 @@ def ensure_store(cfg: Mapping[str, Any]) -> str | None:
     """
     if not cfg["tracking"]["enabled"]:
         return None
+    bound_http_retries(cfg)
     uri = tracking_uri(cfg)
     with _store_lock(uri):
         client = _client(uri)
@@ -299,14 +343,36 @@ class NullTracker:
         pass
 
 
+#: calls a run could not send while its server was not answering, replayed in order later
+PENDING_FILE = "mlflow_pending.json"
+RECHECK_S = 5.0  # while suspended, ask the server at most this often (at log points)
+_UNREACHABLE_WORDS = ("failed with exception", "max retries exceeded", "connection refused",
+                      "timed out", "connectionerror", "remotedisconnected", "connection aborted",
+                      "connection reset", "bad gateway", "service unavailable")
+
+
+def _is_unreachable(exc: BaseException) -> bool:
+    """The server did not answer (refused, reset, timed out, retries exhausted), as opposed
+    to answering with an error about the request."""
+    text = f"{type(exc).__name__} {exc}".lower()
+    return isinstance(exc, OSError) or any(word in text for word in _UNREACHABLE_WORDS)
+
+
 class RunTracker(NullTracker):
     """One MLflow run, addressed by id, logged through its own client with retries.
 
     While training (``log_training_start`` .. ``finish``) it also samples system metrics
     (MLflow's psutil monitor, ``tracking.system_metrics``) and copies the package's log lines
-    into ``{run_dir}/train.log``, which ``finish`` attaches to the run whatever the status."""
+    into ``{run_dir}/train.log``, which ``finish`` attaches to the run whatever the status.
 
-    def __init__(self, uri: str, run_id: str) -> None:
+    A server that stops answering suspends the tracker after one bounded call
+    (``bound_http_retries``) and one warning: the run goes on, each call it would have made
+    is kept in order in ``{run_dir}/mlflow_pending.json`` and, at a later call once the
+    server answers MLflow's API again (asked at most every ``RECHECK_S`` s), or when the
+    folder's run is opened next (``open_run``), replayed into the same MLflow run."""
+
+    def __init__(self, uri: str, run_id: str, pending_file: str | os.PathLike[str] | None = None
+                 ) -> None:
         self.uri = uri
         self.run_id = run_id
         self.client = _client(uri)
@@ -314,9 +380,134 @@ class RunTracker(NullTracker):
         self._log_handler: logging.Handler | None = None
         self._log_file: Path | None = None
         self._root_level = logging.NOTSET
+        self.pending_file = Path(pending_file) if pending_file is not None else None
+        self.pending: list[dict[str, Any]] = self._load_pending()
+        self.suspended = bool(self.pending)
+        self._warned = False
+        self._next_check = 0.0
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        """Log settings; on a resumed run only the new ones (MLflow params are immutable)."""
+    # --- sending, suspending, replaying ---------------------------------------------------
+
+    def _load_pending(self) -> list[dict[str, Any]]:
+        if self.pending_file is None or not self.pending_file.is_file():
+            return []
+        try:
+            record = json.loads(self.pending_file.read_text())
+        except (ValueError, OSError):
+            log.warning("%s cannot be read; its calls are lost", self.pending_file)
+            return []
+        return list(record.get("calls", [])) if record.get("run_id") == self.run_id else []
+
+    def _save_pending(self) -> None:
+        if self.pending_file is None:
+            return
+        if self.pending:
+            atomic_write_text(self.pending_file, json.dumps(
+                {"uri": self.uri, "run_id": self.run_id, "calls": self.pending}) + "\n")
+        else:
+            self.pending_file.unlink(missing_ok=True)
+
+    def _execute(self, call: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        kind, args = call["kind"], call["args"]
+        if kind == "metrics":
+            batch = [Metric(k, v, t, step) for k, v, t, step in args]
+            with_retry(self.client.log_batch, self.run_id, metrics=batch)
+        elif kind == "tags":
+            with_retry(self.client.log_batch, self.run_id,
+                       tags=[RunTag(k, v) for k, v in args])
+        elif kind == "params":
+            self._log_params_now(args)
+        elif kind == "artifact":
+            if Path(args[0]).is_file():
+                with_retry(self.client.log_artifact, self.run_id, args[0], args[1])
+        elif kind == "status":
+            status, end_time = args
+            if status == "RUNNING":
+                with_retry(self.client.update_run, self.run_id, "RUNNING")
+            else:
+                with_retry(self.client.set_terminated, self.run_id, status, end_time)
+
+    def _send(self, kind: str, args: Any) -> None:
+        """One call now, or, while the server does not answer, kept for later."""
+        call = {"kind": kind, "args": args}
+        if self.suspended and not self.resume():
+            self.pending.append(call)
+            self._save_pending()
+            return
+        try:
+            self._execute(call)
+        except Exception as exc:
+            if not _is_unreachable(exc):
+                raise
+            self._suspend(exc)
+            self.pending.append(call)
+            self._save_pending()
+
+    def guard(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+        """A call that cannot be kept for later (the model's upload): made only while the
+        server answers; a server that stops answering suspends the tracker (None)."""
+        if self.suspended and not self.resume():
+            log.info("MLflow server %s not answering: %s skipped", self.uri,
+                     getattr(call, "__name__", "a call"))
+            return None
+        try:
+            return call(*args, **kwargs)
+        except Exception as exc:
+            if not _is_unreachable(exc):
+                raise
+            self._suspend(exc)
+            return None
+
+    def _suspend(self, exc: BaseException) -> None:
+        self.suspended = True
+        self._next_check = time.monotonic() + RECHECK_S
+        if self._monitor is not None:  # its thread would only retry in vain: stop, no join
+            self._monitor._shutdown_event.set()
+            self._monitor = None
+        message = ("MLflow server %s stopped answering (%s); the run goes on with tracking "
+                   "suspended: its metrics stay in history.csv and are logged into MLflow run "
+                   "%s when the server answers again, or at the next train / evaluate of the "
+                   "folder")
+        args = (self.uri, str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__,
+                self.run_id)
+        (log.info if self._warned else log.warning)(message, *args)
+        self._warned = True
+
+    def resume(self, force: bool = False) -> bool:
+        """While suspended: if the server answers MLflow's API again (asked at most every
+        ``RECHECK_S`` s unless ``force``), replay the kept calls in order; True when none
+        remain."""
+        if not self.suspended:
+            return True
+        if not force and time.monotonic() < self._next_check:
+            return False
+        self._next_check = time.monotonic() + RECHECK_S
+        try:
+            _probe(self.uri, timeout=min(5.0, RECHECK_S))
+        except (OSError, ValueError):
+            return False
+        replayed = 0
+        while self.pending:
+            try:
+                self._execute(self.pending[0])
+            except Exception as exc:
+                if not _is_unreachable(exc):
+                    raise
+                self._save_pending()
+                return False
+            self.pending.pop(0)
+            replayed += 1
+        self.suspended = False
+        self._save_pending()
+        log.warning("MLflow server %s answers again: %d kept call(s) logged into run %s",
+                    self.uri, replayed, self.run_id)
+        return True
+
+    # --- what a run logs ------------------------------------------------------------------
+
+    def _log_params_now(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         logged = with_retry(self.client.get_run, self.run_id).data.params
@@ -329,35 +520,36 @@ class RunTracker(NullTracker):
         for start in range(0, len(fresh), 100):  # MLflow accepts at most 100 params per batch
             with_retry(self.client.log_batch, self.run_id, params=fresh[start : start + 100])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log settings; on a resumed run only the new ones (MLflow params are immutable)."""
+        self._send("params", {k: str(v) for k, v in params.items()})
 
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        batch = [[k, float(v), now, step or 0] for k, v in metrics.items()]
         if batch:
-            with_retry(self.client.log_batch, self.run_id, metrics=batch)
+            self._send("metrics", batch)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        batch = [RunTag(k, str(v)) for k, v in tags.items() if v is not None]
+        batch = [[k, str(v)] for k, v in tags.items() if v is not None]
         if batch:
-            with_retry(self.client.log_batch, self.run_id, tags=batch)
+            self._send("tags", batch)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
-        with_retry(self.client.log_artifact, self.run_id, str(path), artifact_path)
+        self._send("artifact", [str(Path(path).resolve()), artifact_path])
 
     def start_system_metrics(self) -> None:
         """MLflow's psutil sampler (CPU, memory, disk, network, GPU when present) as
         ``system/*`` metrics of this run, continuing the step count of a resumed run."""
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        if self._monitor is None:
-            self._monitor = SystemMetricsMonitor(
-                self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, resume_logging=True,
-                tracking_uri=self.uri,
+        if self._monitor is None and not self.suspended:
+            self._monitor = self.guard(
+                SystemMetricsMonitor, self.run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                resume_logging=True, tracking_uri=self.uri,
             )
-            self._monitor.start()
+            if self._monitor is not None:
+                self._monitor.start()
 
     def capture_log(self, path: str | os.PathLike[str]) -> None:
         """Copy this process's log lines into ``path`` (appended: a resumed run continues it)."""
@@ -383,8 +575,8 @@ class RunTracker(NullTracker):
                 # one reading at the end of every session, so a session shorter than the
                 # sampling interval has its system metrics too
                 monitor.collect_metrics()
-                monitor.publish_metrics(monitor.aggregate_metrics())
-                monitor.mlflow_logger.flush()
+                self.guard(monitor.publish_metrics, monitor.aggregate_metrics())
+                self.guard(monitor.mlflow_logger.flush)
             except Exception:  # the sampler is a nicety; never fail a run over it
                 log.warning("could not stop MLflow's system-metrics sampler", exc_info=True)
         if self._log_handler is not None:
@@ -394,19 +586,20 @@ class RunTracker(NullTracker):
             logging.getLogger().setLevel(self._root_level)
             handler.close()
             if self._log_file is not None and self._log_file.is_file():
-                with_retry(self.client.log_artifact, self.run_id, str(self._log_file))
+                self.log_artifact(self._log_file)
 
     def finish(self, status: str = "FINISHED") -> None:
         """End the run (FINISHED, FAILED or KILLED, with an end time); a failed run keeps its
-        log and system metrics up to the failure."""
+        log and system metrics up to the failure. While suspended the end is kept for later
+        too (the MLflow run shows RUNNING until the server has it)."""
         try:
             self._stop_extras()
         finally:
-            with_retry(self.client.set_terminated, self.run_id, status)
+            self._send("status", [status, int(time.time() * 1000)])
 
     def reopen(self) -> None:
         """Mark a resumed run as running again."""
-        with_retry(self.client.update_run, self.run_id, "RUNNING")
+        self._send("status", ["RUNNING", None])
 
 
 def run_method(cfg: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> str:
@@ -498,8 +691,8 @@ def open_run(
     run_tags = {**identity, **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
 
     run_id = None
-    if record_path.is_file():
-        record = json.loads(record_path.read_text())
+    record = _read_record(record_path)
+    if record is not None:
         if record.get("uri") == uri:
             try:
                 run = with_retry(client.get_run, record["run_id"])
@@ -519,9 +712,18 @@ def open_run(
                 run_id = _create_run_once(client, experiment_id, run_tags, str(folder))
             record = {"uri": uri, "experiment_id": experiment_id, "run_id": run_id}
             atomic_write_text(record_path, json.dumps(record, indent=2) + "\n")
-    tracker = RunTracker(uri, run_id)
+    tracker = RunTracker(uri, run_id, Path(run_dir) / PENDING_FILE)
+    if tracker.pending:  # calls an earlier session could not send: into the same run first
+        tracker.resume(force=True)
     tracker.set_tags(run_tags)  # a reused run gets today's name and parent
     return tracker
+
+
+def replay_pending(cfg: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> None:
+    """Send what an earlier session of ``run_dir`` kept while its server was not answering
+    (``mlflow_pending.json``), e.g. when a finished run is trained again (a no-op)."""
+    if cfg["tracking"]["enabled"] and (Path(run_dir) / PENDING_FILE).is_file():
+        open_run(cfg, run_dir)
 
 
 def retire_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike[str], reason: str) -> None:
@@ -549,10 +751,22 @@ def retire_run(cfg: Mapping[str, Any], run_dir: str | os.PathLike[str], reason: 
 
 def recorded_run_id(run_dir: str | os.PathLike[str]) -> str | None:
     """The MLflow run id recorded in a run directory, if any."""
-    record_path = Path(run_dir) / RUN_FILE
-    if not record_path.is_file():
+    record = _read_record(Path(run_dir) / RUN_FILE)
+    return None if record is None else record.get("run_id")
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """``mlflow_run.json``; None when absent or unreadable (the store's ``run_dir`` tag then
+    finds the run)."""
+    from subspace_fsl.readers import UnreadableFileError, read_json
+
+    try:
+        return read_json(path)
+    except FileNotFoundError:
         return None
-    return json.loads(record_path.read_text()).get("run_id")
+    except UnreadableFileError as exc:
+        log.warning("%s", exc)
+        return None
 
 
 # --- what a training run logs ----------------------------------------------------------------
@@ -610,8 +824,8 @@ def log_dataset(tracker: NullTracker, cfg: Mapping[str, Any], data: Any, context
         name=str(cfg["dataset"]["name"]), digest=data.stamp[:32], source_type="local",
         source=json.dumps({"uri": root.as_uri()}), schema=None, profile=json.dumps(profile),
     )
-    with_retry(tracker.client.log_inputs, tracker.run_id,
-               datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
+    tracker.guard(with_retry, tracker.client.log_inputs, tracker.run_id,
+                  datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])])
 
 
 def log_training_start(

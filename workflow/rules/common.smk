@@ -3,7 +3,7 @@
 # the run pattern, with the optional _t10 / _tlearn10 / _deuc parts, is paths.RUN_WILDCARD).
 import re
 
-from subspace_fsl import grid, paths
+from subspace_fsl import grid, paths, readers
 from subspace_fsl import report as fsl_report
 from subspace_fsl import snakemake_job
 from subspace_fsl.engine import features as fsl_features
@@ -80,6 +80,23 @@ def eval_files(split, name="episodes.csv"):
         for run in RUNS
         for shot in paths.eval_shots(config, split, run.key.shot)
     ]
+
+
+# an evaluation or selection file that exists but cannot be read (a truncated summary.json)
+# counts as missing: removed here (by the main process only, not by each job), so Snakemake
+# re-runs the job that makes it
+if workflow.is_main_process:
+    readers.discard_unreadable(
+        [
+            *(
+                f
+                for split in paths.SPLITS
+                for name in ("summary.json", "episodes.csv")
+                for f in eval_files(split, name)
+            ),
+            paths.selection_path(config),
+        ]
+    )
 
 
 def model_files():

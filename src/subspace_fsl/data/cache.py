@@ -123,12 +123,13 @@ def build_cache(
         with open(tmp / IMAGES, "rb") as handle:
             digest = hashlib.sha256(handle.read(images.offset))
         tasks = [(p, b, image_size, resize) for p, b in zip(paths, boxes, strict=True)]
-        bar = tqdm(total=len(tasks), desc=f"cache {out_dir.name}", unit="img", disable=not progress)
-        for i, array in enumerate(_decoded(tasks, workers)):
-            images[i] = array
-            digest.update(images[i])
-            bar.update()
-        bar.close()
+        # closed (its line ended) before an error is printed: the error is a line of its own
+        with tqdm(total=len(tasks), desc=f"cache {out_dir.name}", unit="img",
+                  disable=not progress) as bar:
+            for i, array in enumerate(_decoded(tasks, workers)):
+                images[i] = array
+                digest.update(images[i])
+                bar.update()
         images.flush()
         del images
         index = pd.DataFrame(
@@ -291,7 +292,10 @@ class ImageCache:
         directory = Path(directory)
         meta_path = directory / "meta.json"
         if not meta_path.is_file():
-            raise CacheError(f"{meta_path} is missing: {directory} is not a complete cache")
+            raise CacheError(
+                f"{meta_path} is missing: {directory} is not a complete cache; make it "
+                f"first with `subspace-fsl prepare` (the same --config / --set)"
+            )
         try:
             meta = json.loads(meta_path.read_text())
         except json.JSONDecodeError as exc:

@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from subspace_fsl.config import atomic_write_text
+from subspace_fsl.config import atomic_write_text, make_temp_dir
 from subspace_fsl.data.records import DatasetError
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ def extract(
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; remove it to extract {paths[0]} again")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.extract-"))
+    tmp = make_temp_dir(dest.parent, f".{dest.name}.extract-")
     try:
         for archive in paths:
             if not is_tar_name(archive):

@@ -149,10 +149,12 @@ def open_data(
 
 
 def check_episode_fits(
-    data: EngineData, split_name: str, way: int, shot: int, query: int, query_key: str
+    data: EngineData, split_name: str, way: int, shot: int, query: int, query_key: str,
+    shot_key: str = "train.shot",
 ) -> None:
     """Way within the split's classes, shot + query within its smallest class; else name the
-    keys (way and shot are always the ``train`` ones; ``query_key`` says whose query it is)."""
+    keys (way is always ``train.way``; ``query_key`` and ``shot_key`` say whose query and
+    shot it is: an evaluation at another shot names that shot's source)."""
     classes = data.split_classes(split_name)
     if way > len(classes):
         raise ValueError(f"train.way={way} but the {split_name} split has {len(classes)} classes")
@@ -160,6 +162,6 @@ def check_episode_fits(
     smallest = int(counts.min())
     if shot + query > smallest:
         raise ValueError(
-            f"train.shot={shot} + {query_key}={query} = {shot + query} but the smallest "
+            f"{shot_key}={shot} + {query_key}={query} = {shot + query} but the smallest "
             f"{split_name} class has {smallest} images"
         )

@@ -24,7 +24,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subspace_fsl.config import atomic_write_text, save_config
+from subspace_fsl.config import (
+    atomic_directory,
+    atomic_write_text,
+    check_replaceable,
+    save_config,
+)
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
 from subspace_fsl.engine.features import (
@@ -148,15 +153,17 @@ def evaluation_plan(
     episodes: int | None = None,
     way: int | None = None,
     shot: int | None = None,
+    shot_key: str = "train.shot",
 ) -> list[Any]:
-    """The fixed episodes of a split: ``eval.seed``, ``eval.query``; way and shot of training."""
+    """The fixed episodes of a split: ``eval.seed``, ``eval.query``; way and shot of training
+    (``shot``: another one, named ``shot_key`` in errors)."""
     from subspace_fsl.data.episodes import episode_plan
 
     way = cfg["train"]["way"] if way is None else way
     shot = cfg["train"]["shot"] if shot is None else shot
     query = cfg["eval"]["query"]
     classes = data.split_classes(split_name)
-    check_episode_fits(data, split_name, way, shot, query, "eval.query")
+    check_episode_fits(data, split_name, way, shot, query, "eval.query", shot_key)
     return episode_plan(
         data.labels,
         classes,
@@ -245,6 +252,22 @@ def checkpoint_settings(
     return used
 
 
+#: what an evaluation folder holds (``summary.json`` last)
+EVALUATION_FILES = ("episodes.csv", "config.yaml", SUMMARY_FILE)
+
+
+def write_evaluation(
+    out: Path, table: pd.DataFrame, cfg: Mapping[str, Any], summary: Mapping[str, Any]
+) -> None:
+    """``episodes.csv``, ``config.yaml``, then ``summary.json`` into a temporary folder beside
+    ``out``, which then replaces ``out`` in one swap (``config.atomic_directory``): the
+    earlier evaluation stays complete and current until the new one is."""
+    with atomic_directory(out, allowed=EVALUATION_FILES) as tmp:
+        atomic_write_text(tmp / "episodes.csv", table.to_csv(index=False))
+        save_config(cfg, tmp / "config.yaml")
+        atomic_write_text(tmp / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
 def evaluate(
     cfg: Mapping[str, Any],
     checkpoint: str | os.PathLike[str],
@@ -263,8 +286,8 @@ def evaluate(
     Writes ``episodes.csv`` (episode, seed, accuracy), ``config.yaml`` (the settings used:
     :func:`checkpoint_settings`) and, last, ``summary.json`` (with ``provenance``:
     ``evaluation_record``); logs them into the MLflow run of the checkpoint's run directory.
-    An earlier ``summary.json`` in ``out_dir`` is removed first, so an evaluation that fails
-    midway never leaves one that looks current.
+    The files replace an earlier evaluation in ``out_dir`` as a whole (:func:`write_evaluation`):
+    an evaluation killed at any point leaves the earlier one complete and current.
 
     A frozen run (``train.backbone: frozen``, from the checkpoint) is evaluated on the stored
     features (``features_file``, default ``paths.features_path``), checked current and equal
@@ -275,7 +298,7 @@ def evaluate(
     if split_name not in SPLIT_NAMES:
         raise ValueError(f"split={split_name!r}; choose one of: {', '.join(SPLIT_NAMES)}")
     out = Path(out_dir)
-    (out / SUMMARY_FILE).unlink(missing_ok=True)  # written last, again, when all is done
+    check_replaceable(out, EVALUATION_FILES)  # it will be replaced as a whole: refuse at once
     runtime = configure(cfg)
     model, state = load_model(checkpoint, runtime)
     # what was used, and what config.yaml records: the checkpoint's model, data and episodes
@@ -295,11 +318,11 @@ def evaluate(
         )
     way, train_shot = cfg["train"]["way"], cfg["train"]["shot"]
     shot = train_shot if shot is None else int(shot)
-    where = f"train.way={way}, " + (
-        f"train.shot={shot}" if shot == train_shot else f"evaluation shot {shot} (eval.shots)"
-    )
-    check_head_episode(model, way, shot, where, state["config"]["model"])
-    plan = evaluation_plan(cfg, data, split_name, shot=shot)
+    shot_key = ("train.shot" if shot == train_shot else
+                f"the evaluation shot (--shot / eval.shots; trained at train.shot={train_shot})")
+    check_head_episode(model, way, shot, f"train.way={way}, {shot_key}={shot}",
+                       state["config"]["model"])
+    plan = evaluation_plan(cfg, data, split_name, shot=shot, shot_key=shot_key)
     if table is None:
         place_cache(data, runtime)
     log.info(
@@ -336,13 +359,10 @@ def evaluate(
         "provenance": evaluation_record(cfg, checkpoint, split_name, data.split_file, shot),
         "episodes_digest": tracking.episodes_digest(plan),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(
+    episodes = pd.DataFrame(
         {"episode": np.arange(len(plan)), "seed": cfg["eval"]["seed"], "accuracy": accuracies}
     )
-    atomic_write_text(out / "episodes.csv", table.to_csv(index=False))
-    save_config(cfg, out / "config.yaml")
-    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    write_evaluation(out, episodes, cfg, summary)
 
     # novel_acc / novel_ci95 (val_eval_* on val) and the episodes' digest into the training run
     tracking.log_evaluation(cfg, Path(checkpoint).resolve().parent, summary, out,

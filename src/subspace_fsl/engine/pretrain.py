@@ -50,6 +50,7 @@ from subspace_fsl.engine.checkpoint import (
     set_rng_state,
 )
 from subspace_fsl.provenance import differences
+from subspace_fsl.readers import read_json
 
 log = logging.getLogger(__name__)
 
@@ -328,7 +329,7 @@ def pretrain(
         shutil.rmtree(out)
     if all((out / name).is_file() for name in (DONE, BACKBONE, SUMMARY)):
         log.info("%s is finished; nothing to do", out)
-        return json.loads((out / SUMMARY).read_text())
+        return read_json(out / SUMMARY, "delete it and run pretrain again (it is rewritten)")
     data = open_data(cfg, split_file=split_file, cache_dir=cache_dir)
     run = Pretraining(cfg, out, data)
     run.resume()

@@ -59,6 +59,7 @@ from subspace_fsl.engine.model import (
     with_mirrored_support,
 )
 from subspace_fsl.engine.progress import Progress
+from subspace_fsl.readers import read_json
 from subspace_fsl.runtime import Runtime, configure, maybe_compile, place_model, to_input
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ CHECKPOINT, BEST, HISTORY, SUMMARY, DONE = (
     "train_summary.json",
     "done",
 )
+#: what to do about an unreadable train_summary.json (rewritten from checkpoint.pt when absent)
+SUMMARY_REMEDY = "delete it and run train again: it is rewritten from checkpoint.pt"
 HISTORY_COLUMNS = ["episode", "train_loss", "train_acc", "l1", "l2", "val_acc", "val_ci95", "lr"]
 
 
@@ -523,7 +526,10 @@ class TrainingRun:
             )
         else:
             log.info("%s is finished; nothing to do", self.out)
-        return json.loads((self.out / SUMMARY).read_text())
+        from subspace_fsl import tracking
+
+        tracking.replay_pending(self.cfg, self.out)  # what a dead server missed, if anything
+        return read_json(self.out / SUMMARY, SUMMARY_REMEDY)
 
     # --- setup and resume -------------------------------------------------------------------
 
@@ -708,7 +714,7 @@ class TrainingRun:
         with self.signals.deferred():
             self._write_best()
             self._write_summary()
-        summary = json.loads((self.out / SUMMARY).read_text())
+        summary = read_json(self.out / SUMMARY, SUMMARY_REMEDY)
         self.track_outputs(summary)
         self.end_tracking("FINISHED")
         with self.signals.deferred():
@@ -752,6 +758,7 @@ class TrainingRun:
 
     def track_outputs(self, summary: Mapping[str, Any]) -> None:
         """The final metrics, the output files and the best model."""
+        from subspace_fsl import tracking
         from subspace_fsl.mlflow_model import log_best_model
 
         self.track(
@@ -760,7 +767,8 @@ class TrainingRun:
         )
         for name in (BEST, HISTORY, SUMMARY):
             self.tracker.log_artifact(self.out / name)
-        log_best_model(self.tracker, self.cfg, self.out)  # best.pt as an MLflow model
+        if isinstance(self.tracker, tracking.RunTracker):  # not kept while the server is away
+            self.tracker.guard(log_best_model, self.tracker, self.cfg, self.out)
 
     def end_tracking(self, status: str) -> None:
         """FINISHED, KILLED (Ctrl-C, SIGTERM) or FAILED; a resumed run sets RUNNING again."""

@@ -3,7 +3,6 @@ cell's episodes and summary, and the labels of settings."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -12,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from subspace_fsl import grid, paths, stats
+from subspace_fsl.readers import read_json
 from subspace_fsl.results import (
     CONFIG_COLUMNS,
 )
@@ -24,7 +24,7 @@ def split_description(cfg: Mapping[str, Any]) -> str:
     file the runs used (the configuration's ``split`` section if there is none yet)."""
     path = paths.split_path(cfg)
     if path.is_file():
-        split = json.loads(path.read_text())
+        split = read_json(path, "make it again with `subspace-fsl split`")
         rule, seed = split["rule"], split.get("seed")
         counts = [len(split[k]) for k in ("base", "val", "novel")]
     else:
