@@ -43,7 +43,7 @@ def test_no_two_modules_import_each_other():
 def test_report_is_tables_and_plots_in_separate_modules():
     report = PACKAGE / "report"
     assert {p.name for p in report.glob("*.py")} == {"__init__.py", "common.py", "tables.py",
-                                                      "plots.py"}
+                                                      "plots.py", "pages.py"}
     assert "subspace_fsl.report.plots" not in _imports(report / "tables.py")
     assert "subspace_fsl.report.tables" not in _imports(report / "plots.py")
     assert max(len((report / n).read_text().splitlines()) for n in ("tables.py", "plots.py")) < 400
