@@ -9,7 +9,9 @@ convolution bias followed by BatchNorm has a mathematically zero gradient (BN su
 batch mean); its float noise (~1e-10) differs between batched and unbatched reductions and
 Adam normalises it into +-lr steps, so those biases (and the running means they feed) are
 excluded and the comparison is kept
-to a few episodes (after that the noise feeds the running means and the runs drift).
+to a few episodes (after that the noise feeds the running means and the runs drift); the
+other weights within 1% relative Frobenius distance per tensor (Adam's first steps are
+~lr sign(g): an element whose gradient is at noise level can step either way).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.train import Terminated, train
 
 ATOL = 1e-4
+#: fine-tuned: Adam's first steps are ~lr * sign(gradient), so an element whose gradient is at
+#: float-noise level may step either way: compare each tensor as a whole
+FINETUNE_RTOL = 1e-2
 
 
 def settings(root: Path, **train: object) -> dict:
@@ -77,7 +82,9 @@ def compared(state: dict) -> dict:
     return {k: v for k, v in state.items() if k not in noisy}
 
 
-def assert_same_run(together: Path, alone: Path) -> None:
+def assert_same_run(together: Path, alone: Path, relative: float | None = None) -> None:
+    """Same episodes, stop, best episode and validation accuracies; weights within ``ATOL``
+    (or, with ``relative``, each tensor within that relative Frobenius distance)."""
     a, b = load_checkpoint(together / "checkpoint.pt"), load_checkpoint(alone / "checkpoint.pt")
     assert a["episode"] == b["episode"] and a["stopped"] == b["stopped"]
     assert a["best_episode"] == b["best_episode"]
@@ -85,11 +92,16 @@ def assert_same_run(together: Path, alone: Path) -> None:
     wa, wb = compared(a["model"]), compared(b["model"])
     assert wa.keys() == wb.keys()
     for k in wa:
-        torch.testing.assert_close(wa[k].float(), wb[k].float(), atol=ATOL, rtol=0, msg=k)
+        x, y = wa[k].double(), wb[k].double()
+        if relative is None:
+            torch.testing.assert_close(x, y, atol=ATOL, rtol=0, msg=k)
+        else:
+            assert (x - y).norm() <= relative * y.norm() + 1e-12, k
     ha, hb = pd.read_csv(together / "history.csv"), pd.read_csv(alone / "history.csv")
     assert list(ha["episode"]) == list(hb["episode"])
     pd.testing.assert_frame_equal(ha[["val_acc"]], hb[["val_acc"]], atol=1e-12)
-    pd.testing.assert_frame_equal(ha, hb, atol=1e-4, rtol=1e-4)
+    history_tolerance = 1e-4 if relative is None else 1e-3
+    pd.testing.assert_frame_equal(ha, hb, atol=history_tolerance, rtol=history_tolerance)
     for name in ("best.pt", "train_summary.json", "done"):
         assert (together / name).is_file()
 
@@ -168,12 +180,13 @@ def test_finetuned_cells_together_equal_engine_train(tmp_path: Path) -> None:
     train_cells(cfgs, [tmp_path / "together" / str(i) for i in range(len(cfgs))])
     for i, cfg in enumerate(cfgs):
         train(cfg, tmp_path / "alone" / str(i))
-        assert_same_run(tmp_path / "together" / str(i), tmp_path / "alone" / str(i))
+        assert_same_run(tmp_path / "together" / str(i), tmp_path / "alone" / str(i),
+                        relative=FINETUNE_RTOL)
 
 
 def test_cells_of_different_inputs_are_refused(tmp_path: Path) -> None:
     cfgs = cell_configs(settings(tmp_path))
     other = copy.deepcopy(cfgs[0])
     other["train"]["shot"] = 3
-    with pytest.raises(ValueError, match="train.shot"):
+    with pytest.raises(ValueError, match=r"train\.shot"):
         check_group([cfgs[0], other])

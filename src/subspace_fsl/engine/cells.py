@@ -268,8 +268,8 @@ class CellGroup:
         settings = cfg["train"]
         self.runtime = runtime = configure(cfg)
         if self.frozen:
-            from subspace_fsl.engine.features import open_features
             from subspace_fsl.engine.data import resolve_split
+            from subspace_fsl.engine.features import open_features
 
             self.table = open_features(cfg, self.features_file, self.cache_dir).to(runtime.device)
             cache = self.table.as_cache()
