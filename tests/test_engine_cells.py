@@ -109,7 +109,7 @@ def assert_same_run(together: Path, alone: Path, relative: float | None = None) 
 @pytest.fixture(scope="module")
 def frozen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     """Head-only cells on stored features (mirrored rows drawn per image), each also trained
-    by itself (a group of one) on the same episodes."""
+    alone by ``engine.train.train`` on the same episodes."""
     from subspace_fsl.bench.cells import write_backbone
     from subspace_fsl.engine.data import open_data
     from subspace_fsl.engine.features import build_features
@@ -122,7 +122,7 @@ def frozen(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
     write_backbone(cfgs[0])
     build_features(cfgs[0])
     for i, cfg in enumerate(cfgs):
-        CellGroup([cfg], [root / "alone" / str(i)]).run()
+        train(cfg, root / "alone" / str(i))  # engine.train's FeatureEpisodeTrainer
     return root, cfgs
 
 

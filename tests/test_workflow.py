@@ -395,3 +395,54 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert "protonet/w3_k1_S1_l1-0_l2-0_t10_anone_seed0/best.pt" not in re.sub(
         r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_grid_frozen(tmp_path):
+    """The tiny grid with train.backbone: frozen: one embed job between pretrain and the
+    runs, heads trained on its feature file, tables that say so; a changed backbone or cache
+    re-runs embed and everything trained on its features."""
+    import json
+
+    from subspace_fsl.config import load_config
+
+    config = _write_config(tmp_path, {**TINY, "train": {**TINY["train"], "backbone": "frozen"}})
+    cfg = load_config(config)
+    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["pretrain"] == 1 and counts["embed"] == 1 and counts["train"] == 4
+    assert counts["evaluate"] == 8 and counts["evaluate_shot"] == 4
+    table = load_checkpoint(paths.features_path(cfg))
+    assert table["flipped"] is None  # .test trains with augment none, flip_support never
+    pretrained = load_checkpoint(paths.pretrained_backbone(cfg))["backbone"]
+    for method, name in RUN_NAMES:
+        best = load_checkpoint(paths.run_dir(cfg, method, name) / "best.pt")
+        assert best["features_stamp"] == table["stamp"]
+        assert all(best["model"][f"backbone.{k}"].equal(v) for k, v in pretrained.items())
+        summary = json.loads((paths.eval_dir(cfg, method, "novel", name) / "summary.json")
+                             .read_text())
+        assert summary["protocol"] == "frozen" and summary["features_stamp"] == table["stamp"]
+    tables = paths.tables_dir(cfg)
+    for name in report.TABLE_NAMES:
+        for ext in report.TABLE_FORMATS:
+            assert (tables / f"{name}.{ext}").stat().st_size > 0
+    main = pd.read_csv(tables / "main.csv")
+    assert len(main) == 4 and set(main["protocol"]) == {"frozen"}
+    assert "Protocol frozen" in (tables / "main.md").read_text()
+    assert set(pd.read_csv(paths.selection_path(cfg))["protocol"]) == {"frozen"}
+    # the frozen jobs read the feature file, not the cache
+    dry = snakemake("-n", "--forcerun", "embed", "--configfile", str(config), cwd=tmp_path)
+    report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "all": 1}
+    assert job_counts(dry.stdout + dry.stderr) == {
+        "embed": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4, **report_jobs}
+    assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
+        "pretrain": 1, "embed": 1, "init_tracking": 1, "train": 4, "evaluate": 8,
+        "evaluate_shot": 4, **report_jobs}
+    changed = _changed_run(tmp_path, config, {"dataset": {"image_size": 28}})
+    assert changed["embed"] == 1 and changed["train"] == 4
+    # settings frozen cannot honour stop the workflow at once, naming the setting
+    for change in ({"train": {"augment": "standard"}}, {"train": {"init": "scratch"}}):
+        bad = _write_config(tmp_path, {**TINY, "train": {**TINY["train"], "backbone": "frozen",
+                                                        **change["train"]}}, "bad.yaml")
+        proc = snakemake("-n", "--configfile", str(bad), cwd=tmp_path, check=False)
+        assert proc.returncode != 0 and "train.backbone=frozen" in proc.stdout + proc.stderr

@@ -254,6 +254,13 @@ def pretrained_backbone(cfg: Mapping[str, Any]) -> Path:
     return pretrain_dir(cfg) / "backbone.pt"
 
 
+def protocol(cfg: Mapping[str, Any]) -> str:
+    """Which protocol the runs' numbers come from (``train.backbone``): ``finetune`` (the
+    backbone trains on every episode; the default, and what settings without the key meant)
+    or ``frozen`` (heads on :func:`features_path`)."""
+    return str(cfg.get("train", {}).get("backbone", "finetune"))
+
+
 def features_path(cfg: Mapping[str, Any]) -> Path:
     """``{results_dir}/features/{dataset}/{backbone}.pt``: every cache image embedded once by
     the pretrain stage's backbone (``train.backbone: frozen``; its provenance inside)."""

@@ -137,4 +137,5 @@ def run_selection(cfg: Mapping[str, Any]) -> Path:
     """Read every validation evaluation of the grid, choose for every method, and write
     ``selection_path``."""
     results = load_results(cfg, splits=("val",))
-    return write_selection(select_all(cfg, results), paths.selection_path(cfg))
+    selection = select_all(cfg, results).assign(protocol=paths.protocol(cfg))
+    return write_selection(selection, paths.selection_path(cfg))

@@ -24,7 +24,8 @@ if config["train"]["batch_cells"]:
             name:
                 f"train_cells_{index}"
             input:
-                cache=paths.cache_dir(config),
+                cache=cache_input,
+                features=features_input,
                 split=paths.split_path(config),
                 pretrained=pretrained_input,
             output:

@@ -6,7 +6,10 @@ import re
 from subspace_fsl import grid, paths
 from subspace_fsl import report as fsl_report
 from subspace_fsl import snakemake_job
+from subspace_fsl.engine import features as fsl_features
 
+# train.backbone: frozen needs the pretrained init and an augmentation stored features allow
+fsl_features.check_frozen_settings(config)
 METHODS = [grid.method_name(config), *grid.baseline_names(config)]
 RUNS = grid.all_runs(config)
 DATASET = paths.dataset_name(config)
@@ -52,6 +55,17 @@ def pretrained_input(wildcards):
     if config["train"]["init"] == "pretrained":
         return [paths.pretrained_backbone(config)]
     return []
+
+
+def cache_input(wildcards):
+    """The image cache, unless the runs read stored features (train.backbone: frozen); one
+    path or none, so the script reads ``snakemake.input.cache or None``."""
+    return [] if fsl_features.is_frozen(config) else str(paths.cache_dir(config))
+
+
+def features_input(wildcards):
+    """The embed rule's feature file when the runs read it (train.backbone: frozen)."""
+    return str(paths.features_path(config)) if fsl_features.is_frozen(config) else []
 
 
 def runtime_settings(wildcards, threads):

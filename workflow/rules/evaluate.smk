@@ -5,7 +5,8 @@
 rule evaluate:
     input:
         best=RUN_DIR / "best.pt",
-        cache=paths.cache_dir(config),
+        cache=cache_input,
+        features=features_input,
         split=paths.split_path(config),
     output:
         episodes=EVAL_DIR / "episodes.csv",
@@ -38,7 +39,8 @@ rule evaluate:
 rule evaluate_shot:
     input:
         best=RUN_DIR / "best.pt",
-        cache=paths.cache_dir(config),
+        cache=cache_input,
+        features=features_input,
         split=paths.split_path(config),
     output:
         episodes=EVAL_SHOT_DIR / "episodes.csv",

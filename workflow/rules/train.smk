@@ -1,6 +1,8 @@
 # One training job per grid cell and seed, and per baseline: all on the same episode seeds;
 # with train.init: pretrained, each starts from the pretrain stage's backbone (one job per
-# data set and backbone, shared by the whole grid).
+# data set and backbone, shared by the whole grid); with train.backbone: frozen, that backbone
+# embeds every cached image once (rule embed) and the runs train their heads on the stored
+# features (no cache input: the feature file is all they read).
 
 
 rule pretrain:
@@ -30,9 +32,37 @@ rule pretrain:
         "../scripts/pretrain.py"
 
 
-rule train:
+rule embed:
     input:
         cache=paths.cache_dir(config),
+        split=paths.split_path(config),
+        backbone=paths.pretrained_backbone(config),
+    output:
+        paths.features_path(config),
+    log:
+        LOGS / "embed.log",
+    benchmark:
+        BENCHMARKS / "embed.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    params:
+        settings=snakemake_job.pretrain_settings(config),
+        flipped=fsl_features.needs_flipped(config),
+        runtime=runtime_settings,
+    message:
+        f"embed every image of {DATASET} with the pre-trained {config['model']['backbone']}"
+    script:
+        "../scripts/embed.py"
+
+
+rule train:
+    input:
+        cache=cache_input,
+        features=features_input,
         split=paths.split_path(config),
         pretrained=pretrained_input,
     output:

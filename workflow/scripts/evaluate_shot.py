@@ -5,5 +5,6 @@ from subspace_fsl.snakemake_job import job
 
 with job(snakemake) as cfg:
     evaluate(cfg, snakemake.input.best, snakemake.wildcards.split, snakemake.params.out_dir,
-             split_file=snakemake.input.split, cache_dir=snakemake.input.cache,
+             split_file=snakemake.input.split, cache_dir=snakemake.input.cache or None,
+             features_file=snakemake.input.features or None,
              shot=snakemake.params.shot)

@@ -5,4 +5,5 @@ from subspace_fsl.snakemake_job import job
 
 with job(snakemake) as cfg:
     train(cfg, snakemake.params.run_dir, split_file=snakemake.input.split,
-          cache_dir=snakemake.input.cache, restart_changed=True)
+          cache_dir=snakemake.input.cache or None,
+          features_file=snakemake.input.features or None, restart_changed=True)

@@ -5,5 +5,5 @@ from subspace_fsl.snakemake_job import cell_configs, job
 
 with job(snakemake):
     train_cells(cell_configs(snakemake.params, snakemake.rule), snakemake.params.run_dirs,
-                split_file=snakemake.input.split, cache_dir=snakemake.input.cache,
-                restart_changed=True)
+                split_file=snakemake.input.split, cache_dir=snakemake.input.cache or None,
+                features_file=snakemake.input.features or None, restart_changed=True)

@@ -24,6 +24,19 @@ def run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_embed(args: argparse.Namespace) -> int:
+    from subspace_fsl.engine.features import build_features
+
+    setup_logging()
+    cfg = config_from_args(args)
+    table = build_features(cfg, args.out, cache_dir=args.cache, split_file=args.split_file,
+                           backbone_file=args.backbone)
+    print(json.dumps({"features": str(table.path), "images": len(table.features),
+                      "dim": table.dim, "flipped": table.flipped is not None,
+                      "stamp": table.stamp}, indent=2))
+    return 0
+
+
 def run_train(args: argparse.Namespace) -> int:
     from subspace_fsl import tracking
     from subspace_fsl.engine.train import train
@@ -31,7 +44,8 @@ def run_train(args: argparse.Namespace) -> int:
     setup_logging()
     cfg = config_from_args(args)
     tracking.check_store(cfg)  # before any work: an unreachable server fails in seconds
-    summary = train(cfg, args.out, split_file=args.split_file, cache_dir=args.cache)
+    summary = train(cfg, args.out, split_file=args.split_file, cache_dir=args.cache,
+                    features_file=args.features)
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -54,7 +68,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         args.split if shot is None else f"{args.split}_shot{shot}")
     summary = evaluate(
         cfg, checkpoint, args.split, out, split_file=args.split_file, cache_dir=args.cache,
-        shot=shot,
+        shot=shot, features_file=args.features,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -83,6 +97,12 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image cache directory (default: built from the dataset settings)")
 
 
+def _features_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--features", metavar="PT",
+                        help="train.backbone=frozen: the feature file (default "
+                             "{results_dir}/features/{dataset}/{backbone}.pt, made by embed)")
+
+
 def register(sub: SubParsers) -> None:
     parser = command(
         sub, "pretrain", run_pretrain,
@@ -96,6 +116,18 @@ def register(sub: SubParsers) -> None:
     _data_arguments(parser)
 
     parser = command(
+        sub, "embed", run_embed,
+        "embed every cached image once with the pre-trained backbone (train.backbone=frozen)",
+        "Run the pretrain stage's backbone (eval mode) over every image of the cache, and "
+        "over their mirror images when a run flips; write one feature file with its "
+        "provenance (backbone sha256, cache stamp, preprocessing); a current file is kept.")
+    parser.add_argument("--out", "-o", metavar="PT",
+                        help="default {results_dir}/features/{dataset}/{backbone}.pt")
+    parser.add_argument("--backbone", metavar="PT",
+                        help="default {results_dir}/pretrain/{dataset}/{backbone}/backbone.pt")
+    _data_arguments(parser)
+
+    parser = command(
         sub, "train", run_train,
         "episodic meta-training of one configuration (resumes; no-op when done)",
         "Meta-train a backbone and head on base-class episodes, validating on fixed "
@@ -104,6 +136,7 @@ def register(sub: SubParsers) -> None:
     parser.add_argument("--out", "-o", required=True, metavar="RUN_DIR",
                         help="run directory (created; a killed run resumes from it)")
     _data_arguments(parser)
+    _features_argument(parser)
 
     parser = command(
         sub, "evaluate", run_evaluate,
@@ -121,6 +154,7 @@ def register(sub: SubParsers) -> None:
                         help="default RUN_DIR/eval/SPLIT (RUN_DIR/eval/SPLIT_shotK at another "
                              "shot K)")
     _data_arguments(parser)
+    _features_argument(parser)
 
     parser = command(
         sub, "predict", run_predict,

@@ -92,11 +92,18 @@ class _Cell:
     """What a cell's :class:`CellRun` serialises: its own model, optimiser and scheduler
     (real torch objects, so ``checkpoint.pt`` is a single run's), the group's sampler."""
 
-    def __init__(self, cfg: Mapping[str, Any], model: FewShotModel, trained: nn.Module,
+    def __init__(self, cfg: Mapping[str, Any], model: FewShotModel, prefix: str,
                  sampler: Any) -> None:
         self.model, self.sampler = model, sampler
-        self.optimizer = build_optimizer(cfg, trained)
+        # over the whole model, as the single-run trainers (a frozen backbone gets no state)
+        self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.names = [n for n, _ in model.named_parameters()]
+        self.prefix = prefix  # the stacked module's place in the model ("head." when frozen)
+
+    def position(self, name: str) -> int:
+        """Index in the optimiser's parameter list of the stacked parameter ``name``."""
+        return self.names.index(self.prefix + name)
 
 
 class CellRun(TrainingRun):
@@ -133,10 +140,9 @@ class _Stack:
             group.update({k: v for k, v in source.items() if k != "params"})
         if cells[0].scheduler is not None:
             self.scheduler.load_state_dict(cells[0].scheduler.state_dict())
-        states = [[c.optimizer.state.get(p, {}) for p in c.optimizer.param_groups[0]["params"]]
-                  for c in cells]
-        for i, stacked in enumerate(self.params.values()):
-            per_cell = [s[i] for s in states]
+        for name, stacked in self.params.items():
+            per_cell = [c.optimizer.state.get(c.optimizer.param_groups[0]["params"]
+                                              [c.position(name)], {}) for c in cells]
             if per_cell[0]:
                 self.optimizer.state[stacked] = {
                     k: (torch.stack([s[k] for s in per_cell]) if _per_cell(v) else v.clone())
@@ -152,10 +158,10 @@ class _Stack:
             for k, b in module.named_buffers():
                 b.copy_(self.buffers[k][index])
         params = cell.optimizer.param_groups[0]["params"]
-        for i, stacked in enumerate(self.params.values()):
+        for name, stacked in self.params.items():
             state = self.optimizer.state.get(stacked)
             if state:
-                cell.optimizer.state[params[i]] = {
+                cell.optimizer.state[params[cell.position(name)]] = {
                     k: (v[index].clone() if _per_cell(v) else v.clone()) for k, v in state.items()
                 }
         for group, source in zip(cell.optimizer.param_groups, self.optimizer.param_groups,
@@ -295,9 +301,13 @@ class CellGroup:
 
                 load_pretrained_backbone(run.cfg, model.backbone,
                                          paths.pretrained_backbone(run.cfg))
+            if self.frozen:  # as engine.train.FeatureEpisodeTrainer: the backbone never runs
+                model.backbone.requires_grad_(False)
             model = place_model(model, runtime)
+            if self.frozen:
+                model.backbone.eval()
             start_rng = start_rng or _rng()
-            cell = _Cell(run.cfg, model, self._trained(model), sampler)
+            cell = _Cell(run.cfg, model, "head." if self.frozen else "", sampler)
             run.runtime, run.data, run.model, run.trainer = runtime, data, model, cell
             run.feature_dim, run.val_plan = model.feature_dim, val_plan
             self.models.append(model)

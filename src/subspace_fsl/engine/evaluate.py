@@ -27,6 +27,14 @@ import torch
 from subspace_fsl.config import atomic_write_text, save_config
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
+from subspace_fsl.engine.features import (
+    FeatureError,
+    FeatureTable,
+    feature_data,
+    is_frozen,
+    open_features,
+    protocol,
+)
 from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode, mirrored
 from subspace_fsl.evaluation_record import SUMMARY_FILE, evaluation_record
 from subspace_fsl.runtime import Runtime, configure, no_grad_eval, place_model, to_input
@@ -61,7 +69,8 @@ def episode_accuracies(
     runtime: Runtime,
 ) -> np.ndarray:
     """Accuracy of each episode, computed on features embedded once for all of them (and,
-    for the episodes whose support is flipped, once on the mirror images of their support)."""
+    for the episodes whose support is flipped, once on the mirror images of their support):
+    a :class:`FeatureTable` of just those images, then :func:`table_accuracies`."""
     needed = (
         np.unique(np.concatenate([np.concatenate([e.support_idx, e.query_idx]) for e in episodes]))
         if episodes
@@ -70,28 +79,44 @@ def episode_accuracies(
     features = embed_images(model, data, needed, batch_size, runtime)
     row_of = np.full(int(needed.max()) + 1 if len(needed) else 0, -1, dtype=np.int64)
     row_of[needed] = np.arange(len(needed))
-    # shot of each episode, on the host: support images / classes
-    flipped = [model.flips(len(e.support_labels) // len(np.unique(e.support_labels)))
-               for e in episodes]
-    flipped_support = [e.support_idx for e, f in zip(episodes, flipped, strict=True) if f]
+    flipped_support = [e.support_idx for e in episodes if model.flips(_shot_of(e))]
     mirror_needed = (
-        np.unique(np.concatenate(flipped_support))
-        if any(flipped)
+        np.unique(np.concatenate(flipped_support)) if flipped_support
         else np.zeros(0, dtype=np.int64)
     )
-    mirror_features = embed_images(model, data, mirror_needed, batch_size, runtime, mirror=True)
-    mirror_row_of = np.full(len(row_of), -1, dtype=np.int64)
-    mirror_row_of[mirror_needed] = np.arange(len(mirror_needed))
-    device = features.device
+    mirror = None
+    if len(mirror_needed):
+        mirror = torch.zeros_like(features)
+        mirror[torch.from_numpy(row_of[mirror_needed]).to(features.device)] = embed_images(
+            model, data, mirror_needed, batch_size, runtime, mirror=True
+        )
+    table = FeatureTable(features, mirror, stamp="")
+    return table_accuracies(model, table, episodes, index=row_of)
+
+
+def _shot_of(episode: Any) -> int:
+    """Support images per class of an episode (on the host: support images / classes)."""
+    return len(episode.support_labels) // len(np.unique(episode.support_labels))
+
+
+def table_accuracies(
+    model: FewShotModel, table: FeatureTable, episodes: Sequence[Any],
+    index: np.ndarray | None = None,
+) -> np.ndarray:
+    """Accuracy of each episode with the head alone on stored features
+    (:meth:`FeatureTable.episode`; ``index`` maps cache rows to table rows, None = the same),
+    the support's mirrored features appended where ``model.flip_support`` says so."""
+    device = table.features.device
     accuracies = []
     with no_grad_eval(model):
-        for episode, flip in zip(episodes, flipped, strict=True):
-            support = features[torch.from_numpy(row_of[episode.support_idx]).to(device)]
-            query = features[torch.from_numpy(row_of[episode.query_idx]).to(device)]
+        for episode in episodes:
+            flip = model.flips(_shot_of(episode))
+            support_idx, query_idx = episode.support_idx, episode.query_idx
+            if index is not None:
+                support_idx, query_idx = index[support_idx], index[query_idx]
+            support, query = table.episode(support_idx, query_idx, mirror_support=flip)
             support_labels = torch.as_tensor(episode.support_labels, device=device)
             if flip:
-                rows = torch.from_numpy(mirror_row_of[episode.support_idx]).to(device)
-                support = torch.cat([support, mirror_features[rows]])
                 support_labels = torch.cat([support_labels, support_labels])
             query_labels = torch.as_tensor(episode.query_labels, device=device)
             logits = model.head(support, support_labels, query).logits
@@ -229,6 +254,7 @@ def evaluate(
     split_file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     shot: int | None = None,
+    features_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on ``split_name`` (``novel``, or ``val`` for choosing lambdas)
     at ``shot`` support images per class (None: the training shot ``train.shot``; another
@@ -239,6 +265,10 @@ def evaluate(
     ``evaluation_record``); logs them into the MLflow run of the checkpoint's run directory.
     An earlier ``summary.json`` in ``out_dir`` is removed first, so an evaluation that fails
     midway never leaves one that looks current.
+
+    A frozen run (``train.backbone: frozen``, from the checkpoint) is evaluated on the stored
+    features (``features_file``, default ``paths.features_path``), checked current and equal
+    to the table the checkpoint was trained on; no image is read.
     """
     from subspace_fsl import tracking
 
@@ -250,9 +280,19 @@ def evaluate(
     model, state = load_model(checkpoint, runtime)
     # what was used, and what config.yaml records: the checkpoint's model, data and episodes
     cfg = checkpoint_settings(cfg, state["config"], checkpoint)
-    data = open_data(
-        cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
-    )
+    table = None
+    if is_frozen(cfg):
+        table = open_features(cfg, features_file, cache_dir)
+        if state.get("features_stamp") != table.stamp:
+            raise FeatureError(
+                f"checkpoint {checkpoint} was trained on features {state.get('features_stamp')}"
+                f" but {table.path} is {table.stamp}; train the run again on the current features"
+            )
+        data = feature_data(cfg, table, split_file)
+    else:
+        data = open_data(
+            cfg, split_file=split_file, cache_dir=cache_dir, progress=runtime.progress == "bar"
+        )
     way, train_shot = cfg["train"]["way"], cfg["train"]["shot"]
     shot = train_shot if shot is None else int(shot)
     where = f"train.way={way}, " + (
@@ -260,7 +300,8 @@ def evaluate(
     )
     check_head_episode(model, way, shot, where, state["config"]["model"])
     plan = evaluation_plan(cfg, data, split_name, shot=shot)
-    place_cache(data, runtime)
+    if table is None:
+        place_cache(data, runtime)
     log.info(
         "evaluating %s on %d %s episodes (%d-way %d-shot, %d queries per class)",
         checkpoint,
@@ -270,7 +311,10 @@ def evaluate(
         shot,
         cfg["eval"]["query"],
     )
-    accuracies = episode_accuracies(model, data, plan, cfg["eval"]["batch_size"], runtime)
+    if table is None:
+        accuracies = episode_accuracies(model, data, plan, cfg["eval"]["batch_size"], runtime)
+    else:
+        accuracies = table_accuracies(model, table.to(runtime.device), plan)
     summary = {
         **summarise(accuracies),
         "episodes": len(plan),
@@ -284,6 +328,8 @@ def evaluate(
         "split_seed": data.split.get("seed"),
         "backbone": state["config"]["model"]["backbone"],
         "head": state["config"]["model"]["head"],
+        "protocol": protocol(cfg),
+        "features_stamp": None if table is None else table.stamp,
         "checkpoint": str(Path(checkpoint).resolve()),
         "checkpoint_episode": state.get("episode"),
         "data_stamp": data.stamp,

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from subspace_fsl.paths import protocol
+
 log = logging.getLogger(__name__)
 
 #: the stored layout; a file of another version is rebuilt by ``embed``, refused by readers
@@ -39,11 +41,6 @@ PROTOCOLS = ("finetune", "frozen")
 
 class FeatureError(ValueError):
     """A feature file that cannot be used: missing, of another format, stale or too small."""
-
-
-def protocol(cfg: Mapping[str, Any]) -> str:
-    """``train.backbone`` (``finetune`` when absent: settings older than the protocol)."""
-    return str(cfg.get("train", {}).get("backbone", "finetune"))
 
 
 def is_frozen(cfg: Mapping[str, Any]) -> bool:
@@ -342,10 +339,13 @@ def build_features(
     cache_dir: str | os.PathLike[str] | None = None,
     split_file: str | os.PathLike[str] | None = None,
     backbone_file: str | os.PathLike[str] | None = None,
+    flipped: bool | None = None,
 ) -> FeatureTable:
     """Embed every cache image with the pretrain stage's backbone into ``out``
     (``paths.features_path``): reused when its provenance is current, rebuilt otherwise,
-    written atomically (a partial file never exists under ``out``)."""
+    written atomically (a partial file never exists under ``out``). ``flipped``: also the
+    mirror images (None: when a run of ``cfg`` flips, :func:`needs_flipped`; the workflow
+    passes it, its job's settings hold no grid)."""
     from subspace_fsl import paths
     from subspace_fsl.backbones import build_backbone
     from subspace_fsl.engine.checkpoint import save_checkpoint
@@ -354,12 +354,10 @@ def build_features(
     from subspace_fsl.provenance import ProvenanceError
     from subspace_fsl.runtime import configure
 
-    check_frozen_settings({**cfg, "train": {**cfg["train"], "backbone": "frozen",
-                                            "init": "pretrained"}})
     target = Path(out) if out is not None else paths.features_path(cfg)
     weights = Path(backbone_file) if backbone_file else paths.pretrained_backbone(cfg)
     data = open_data(cfg, split_file=split_file, cache_dir=cache_dir)
-    settings = feature_settings(cfg, weights, data.cache.meta)
+    settings = feature_settings(cfg, weights, data.cache.meta, flipped)
     if target.is_file():
         try:
             table = load_features(target)
@@ -388,7 +386,7 @@ def build_features(
             "features": features.contiguous(),
             "flipped": None if flipped is None else flipped.contiguous(),
             "stamp": stamp,
-            "labels": torch.as_tensor(data.labels, dtype=torch.long),
+            "labels": torch.tensor(np.array(data.labels), dtype=torch.long),
             "class_names": class_names,
             "provenance": settings,
         },
@@ -398,3 +396,14 @@ def build_features(
              "with mirrors" if flipped is not None else "no mirrors", target)
     return FeatureTable(features, flipped, stamp, np.asarray(data.labels), class_names,
                         settings, target)
+
+
+def feature_data(
+    cfg: Mapping[str, Any], table: FeatureTable, split_file: str | os.PathLike[str] | None = None
+) -> Any:
+    """An ``engine.data.EngineData`` on a feature table (labels and class names from the
+    table, the class split as ``open_data`` resolves it): what episode plans need."""
+    from subspace_fsl.engine.data import EngineData, resolve_split
+
+    split, path = resolve_split(cfg, split_file, table.class_names)
+    return EngineData(cache=table.as_cache(), split=split, split_file=path)

@@ -46,7 +46,13 @@ from subspace_fsl.engine.checkpoint import (
     set_rng_state,
 )
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
-from subspace_fsl.engine.evaluate import episode_accuracies, evaluation_plan, summarise
+from subspace_fsl.engine.evaluate import (
+    episode_accuracies,
+    evaluation_plan,
+    summarise,
+    table_accuracies,
+)
+from subspace_fsl.engine.features import feature_data, protocol
 from subspace_fsl.engine.model import (
     FewShotModel,
     build_model,
@@ -72,13 +78,17 @@ HISTORY_COLUMNS = ["episode", "train_loss", "train_acc", "l1", "l2", "val_acc", 
 
 
 def build_optimizer(cfg: Mapping[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
+    """Adam or SGD over the parameters that train (a frozen backbone's do not). A model with
+    none (a fixed-tau ProtoNet / DSN head on frozen features) gets an optimiser of one empty
+    tensor, so its run has the checkpoint, scheduler and history of any run."""
     train = cfg["train"]
+    params = [p for p in model.parameters() if p.requires_grad] or [
+        torch.nn.Parameter(torch.zeros(0))
+    ]
     if train["optimizer"] == "adam":
-        return torch.optim.Adam(
-            model.parameters(), lr=train["lr"], weight_decay=train["weight_decay"]
-        )
+        return torch.optim.Adam(params, lr=train["lr"], weight_decay=train["weight_decay"])
     return torch.optim.SGD(
-        model.parameters(),
+        params,
         lr=train["lr"],
         momentum=0.9,
         nesterov=True,
@@ -113,6 +123,13 @@ def episode_loss(
     """L = CE(logits, query labels) + lambda1 L1 + lambda2 L2 for one episode."""
     with runtime.autocast():
         out = model(to_input(support, runtime), support_labels, to_input(query, runtime))
+    return output_loss(out, query_labels, lambda1, lambda2)
+
+
+def output_loss(
+    out: Any, query_labels: torch.Tensor, lambda1: float, lambda2: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = CE(out.logits, query labels) + lambda1 out.l1 + lambda2 out.l2, and its stats."""
     logits = out.logits.float()
     ce = F.cross_entropy(logits, query_labels)
     loss = ce + lambda1 * out.l1.float() + lambda2 * out.l2.float()
@@ -144,7 +161,8 @@ def train_step(
             model, support, support_labels, query, query_labels, lambda1, lambda2, runtime
         )
     with record_function("step/backward"):
-        loss.backward()
+        if loss.requires_grad:  # a head with nothing to train has no graph
+            loss.backward()
     with record_function("step/optimizer"):
         optimizer.step()
     values = torch.stack([stats["loss"], stats["acc"], stats["l1"], stats["l2"]]).tolist()
@@ -217,6 +235,70 @@ class EpisodeTrainer:
             self.settings["lambda1"],
             self.settings["lambda2"],
             self.runtime,
+        )
+
+
+class HeadOnly(torch.nn.Module):
+    """A head as a ``model(support, labels, query)``: stored features in, float32, outside any
+    autocast (the heads' small solves)."""
+
+    def __init__(self, head: torch.nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, support: torch.Tensor, labels: torch.Tensor, query: torch.Tensor) -> Any:
+        with torch.autocast(device_type=support.device.type, enabled=False):
+            return self.head(support.float(), labels, query.float())
+
+
+class FeatureEpisodeTrainer(EpisodeTrainer):
+    """``train.backbone: frozen``: the same episodes, optimiser and scheduler as
+    :class:`EpisodeTrainer`, but each episode's support and query are rows of the stored
+    :class:`~subspace_fsl.engine.features.FeatureTable` (``table.episode``) and only the head
+    trains; the backbone (kept in the model so ``best.pt`` is a whole model) is never run.
+
+    ``train.augment: flip`` picks each image's stored mirrored row with p = 0.5 (a draw from
+    torch's global generator, saved in checkpoints like the image policies' draws)."""
+
+    def __init__(
+        self, cfg: Mapping[str, Any], data: EngineData, model: FewShotModel, runtime: Runtime,
+        table: Any,
+    ) -> None:
+        from subspace_fsl.data.episodes import EpisodeSampler
+
+        settings = cfg["train"]
+        self.settings, self.runtime = settings, runtime
+        model.backbone.requires_grad_(False)
+        self.model = place_model(model, runtime)
+        self.model.backbone.eval()
+        self.step_model = HeadOnly(self.model.head)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.sampler = EpisodeSampler(
+            data.labels, data.split_classes("base"), settings["way"], settings["shot"],
+            settings["query"], settings["seed"],
+        )
+        self.table = table.to(runtime.device)
+        self.flip = self.model.flips(settings["shot"])
+        self.random_flip = settings["augment"] == "flip"
+
+    def step(self) -> dict[str, float]:
+        """One episode on stored features: sample, gather rows, head forward, backward, step."""
+        episode = self.sampler.sample()
+        n_images = len(episode.support_idx) + len(episode.query_idx)
+        mask = torch.rand(n_images) < 0.5 if self.random_flip else None
+        with record_function("step/load+augment"):
+            support, query = self.table.episode(
+                episode.support_idx, episode.query_idx, mask, mirror_support=self.flip
+            )
+        device = self.runtime.device
+        labels = torch.as_tensor(episode.support_labels, device=device)
+        if self.flip:
+            labels = torch.cat([labels, labels])
+        return train_step(
+            self.step_model, self.optimizer, support, labels, query,
+            torch.as_tensor(episode.query_labels, device=device),
+            self.settings["lambda1"], self.settings["lambda2"], self.runtime,
         )
 
 
@@ -373,13 +455,18 @@ class TrainingRun:
         split_file: str | os.PathLike[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         restart_changed: bool = False,
+        features_file: str | os.PathLike[str] | None = None,
     ) -> None:
+        from subspace_fsl.engine.features import is_frozen
         from subspace_fsl.tracking import NullTracker
 
         self.cfg, self.out = cfg, Path(out_dir)
         self.restart_changed = restart_changed
         self.settings = cfg["train"]
         self.split_file, self.cache_dir = split_file, cache_dir
+        self.features_file = features_file
+        self.frozen = is_frozen(cfg)
+        self.table: Any = None  # the stored features of a frozen run (open_table)
         self.state: dict[str, Any] = {
             "episode": 0,
             "best_val_acc": -1.0,
@@ -448,12 +535,15 @@ class TrainingRun:
         cfg = self.cfg
         self.runtime = configure(cfg)
         seed_everything(self.settings["seed"])
-        self.data = open_data(
-            cfg,
-            split_file=self.split_file,
-            cache_dir=self.cache_dir,
-            progress=self.runtime.progress == "bar",
-        )
+        if self.frozen:
+            self.data = feature_data(cfg, self.table, self.split_file)
+        else:
+            self.data = open_data(
+                cfg,
+                split_file=self.split_file,
+                cache_dir=self.cache_dir,
+                progress=self.runtime.progress == "bar",
+            )
         model = build_model(cfg)
         check_training_config(cfg, self.data, model)
         if self.settings["init"] == "pretrained" and not (self.out / CHECKPOINT).is_file():
@@ -465,7 +555,11 @@ class TrainingRun:
             log.info("backbone initialised from %s", weights)
         if cfg["tracking"]["enabled"]:
             tracking.tracking_uri(cfg)  # refuse a bad URI before any work
-        self.trainer = EpisodeTrainer(cfg, self.data, model, self.runtime)
+        self.trainer = (
+            FeatureEpisodeTrainer(cfg, self.data, model, self.runtime, self.table)
+            if self.frozen
+            else EpisodeTrainer(cfg, self.data, model, self.runtime)
+        )
         self.model = self.trainer.model
         self.feature_dim = self.model.feature_dim
         self.val_plan = evaluation_plan(
@@ -516,6 +610,8 @@ class TrainingRun:
 
     def val_accuracies(self) -> np.ndarray:
         """Accuracy of each fixed validation episode with the current weights."""
+        if self.frozen:
+            return table_accuracies(self.model, self.trainer.table, self.val_plan)
         return episode_accuracies(
             self.model, self.data, self.val_plan, self.cfg["eval"]["batch_size"], self.runtime
         )
@@ -575,6 +671,7 @@ class TrainingRun:
                     **self.state,
                     "window": dict(self.window.sums),
                     "feature_dim": self.feature_dim,
+                    "features_stamp": self.features_stamp,
                 },
                 self.out / CHECKPOINT,
             )
@@ -594,6 +691,7 @@ class TrainingRun:
                 "episode": state["best_episode"],
                 "val_acc": state["best_val_acc"],
                 "feature_dim": self.feature_dim,
+                "features_stamp": self.features_stamp,
             },
             self.out / BEST,
         )
@@ -642,6 +740,7 @@ class TrainingRun:
                     "device": str(self.runtime.device),
                     "backbone": cfg["model"]["backbone"],
                     "head": cfg["model"]["head"],
+                    "protocol": protocol(cfg),
                     "subspace_fsl.version": __version__,
                 }
             ),
@@ -680,6 +779,8 @@ class TrainingRun:
             if not self.restart_changed:
                 raise
             self.start_afresh(str(exc))
+        if self.frozen:
+            self.open_table()
         with self.signals:
             done = self.finished()
             if done is not None:
@@ -690,6 +791,32 @@ class TrainingRun:
             except BaseException as exc:
                 self._stopped_by(exc)
                 raise
+
+    @property
+    def features_stamp(self) -> str | None:
+        """The stamp of the feature table a frozen run trains on (None: fine-tuned)."""
+        return None if self.table is None else self.table.stamp
+
+    def open_table(self) -> None:
+        """A frozen run's feature table, checked current (a stale one is refused); a run
+        folder whose checkpoint was trained on another table is refused, or, with
+        ``restart_changed``, started afresh: nothing trained on old features is resumed."""
+        from subspace_fsl.engine.features import check_frozen_settings, open_features
+
+        check_frozen_settings(self.cfg)
+        self.table = open_features(self.cfg, self.features_file, self.cache_dir)
+        saved = self.out / CHECKPOINT
+        if not saved.is_file():
+            return
+        recorded = load_checkpoint(saved, map_location="cpu").get("features_stamp")
+        if recorded != self.table.stamp:
+            reason = (
+                f"{saved} was trained on features {recorded} but {self.table.path} is now "
+                f"{self.table.stamp}"
+            )
+            if not self.restart_changed:
+                raise SettingsChanged(f"{reason}; choose another --out or delete {self.out}")
+            self.start_afresh(reason)
 
     def start_afresh(self, reason: str) -> None:
         """The workflow's answer to changed settings (its job re-runs because its params
@@ -749,15 +876,21 @@ def train(
     split_file: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     restart_changed: bool = False,
+    features_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train (or resume, or do nothing when finished) one configuration into ``out_dir``.
+
+    With ``train.backbone: frozen`` the head trains on ``features_file`` (default
+    ``paths.features_path``; ``cache_dir`` is then only read for its ``meta.json``, to check
+    the table is current).
 
     A folder holding a run with other result settings is refused, or, with
     ``restart_changed`` (the workflow's train stage), started afresh. Returns the final
     metrics (``train_summary.json``). See :class:`TrainingRun`.
     """
     return TrainingRun(
-        cfg, out_dir, split_file=split_file, cache_dir=cache_dir, restart_changed=restart_changed
+        cfg, out_dir, split_file=split_file, cache_dir=cache_dir, restart_changed=restart_changed,
+        features_file=features_file,
     ).run()
 
 

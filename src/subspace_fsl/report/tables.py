@@ -44,6 +44,13 @@ from subspace_fsl.results import (
 )
 from subspace_fsl.selection import chosen, read_selection, simplicity_order
 
+#: train.backbone -> the sentence every caption states (the CSVs carry a ``protocol`` column)
+BACKBONE_PROTOCOLS = {
+    "finetune": "Protocol finetune: the backbone is trained with each head on every episode",
+    "frozen": ("Protocol frozen: the pre-trained backbone embeds every image once and only "
+               "the heads are meta-trained on those stored features"),
+}
+
 TABLE_NAMES = ("main", "subspaces", "lambdas", "constraints", "paired")
 TABLE_FORMATS = ("csv", "md", "tex")
 
@@ -277,7 +284,8 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
 def build_tables(cfg: Mapping[str, Any], results: pd.DataFrame,
                  selection: pd.DataFrame) -> list[Table]:
     context = (f"Split rule: {split_description(cfg)}. {SELECTION_RULE}. "
-               f"{protocol_description(cfg, results[results['split'] == 'novel'])}.")
+               f"{protocol_description(cfg, results[results['split'] == 'novel'])}. "
+               f"{BACKBONE_PROTOCOLS[paths.protocol(cfg)]}.")
     # the per-setting tables at the training shot; main and paired at every eval shot
     trained = at_training_shot(results)
     return [main_table(cfg, results, selection, context),
@@ -323,9 +331,10 @@ def to_latex(frame: pd.DataFrame, caption: str, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_table(table: Table, out_dir: str | Path, split_rule: str) -> list[Path]:
+def write_table(table: Table, out_dir: str | Path, split_rule: str,
+                protocol: str = "finetune") -> list[Path]:
     out = Path(out_dir)
-    data = table.data.assign(split_rule=split_rule)
+    data = table.data.assign(split_rule=split_rule, protocol=protocol)
     files = {
         "csv": data.to_csv(index=False),
         "md": f"**Table {table.name}.** {table.caption}\n\n{to_markdown(table.display)}",
@@ -347,6 +356,6 @@ def write_tables(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> l
     out = Path(out_dir) if out_dir is not None else paths.tables_dir(cfg)
     written = []
     for table in build_tables(cfg, results, selection):
-        written += write_table(table, out, rule)
+        written += write_table(table, out, rule, paths.protocol(cfg))
     return written
 
