@@ -28,7 +28,7 @@ import torch
 
 from subspace_fsl.config import validate
 from subspace_fsl.data.cache import prepare
-from subspace_fsl.engine.cells import CellGroup, check_group, train_cells
+from subspace_fsl.engine.cells import check_group, train_cells
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.train import Terminated, train
 
