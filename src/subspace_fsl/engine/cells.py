@@ -226,7 +226,8 @@ class CellGroup:
 
     def run(self) -> list[dict[str, Any]]:
         """Train (resume, or only complete) every cell; their final metrics in order."""
-        runs = [CellRun(c, o, split_file=self.split_file, cache_dir=self.cache_dir)
+        runs = [CellRun(c, o, split_file=self.split_file, cache_dir=self.cache_dir,
+                        features_file=self.features_file, restart_changed=self.restart_changed)
                 for c, o in zip(self.cfgs, self.outs, strict=True)]
         for run in runs:
             try:
@@ -235,6 +236,8 @@ class CellGroup:
                 if not self.restart_changed:
                     raise
                 run.start_afresh(str(exc))
+            if run.frozen:  # the single run's check: current table, checkpoint made on it
+                run.open_table()
         results: dict[int, dict[str, Any]] = {}
         with runs[0].signals as signals:
             for run in runs:
@@ -275,9 +278,8 @@ class CellGroup:
         self.runtime = runtime = configure(cfg)
         if self.frozen:
             from subspace_fsl.engine.data import resolve_split
-            from subspace_fsl.engine.features import open_features
 
-            self.table = open_features(cfg, self.features_file, self.cache_dir).to(runtime.device)
+            self.table = runs[0].table.to(runtime.device)
             cache = self.table.as_cache()
             split, path = resolve_split(cfg, self.split_file, list(cache.class_names))
             data = EngineData(cache=cache, split=split, split_file=path)
