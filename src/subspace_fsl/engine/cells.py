@@ -98,7 +98,7 @@ class _Cell:
         # over the whole model, as the single-run trainers (a frozen backbone gets no state)
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        self.names = [n for n, _ in model.named_parameters()]
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.prefix = prefix  # the stacked module's place in the model ("head." when frozen)
 
     def position(self, name: str) -> int:
@@ -360,6 +360,11 @@ class CellGroup:
         """One optimiser step of every active cell on one episode; ``[C, 4]`` values."""
         inputs, query_labels = self._episode()
         stack = self.stack
+        if not stack.params:  # nothing trains (a fixed-tau baseline on frozen features)
+            with torch.no_grad():
+                return vmap(lambda b, lam: _cell_loss(stack.template, {}, b, lam, inputs,
+                                                      query_labels)[1],
+                            randomness="same")(stack.buffers, self.lambdas[:active])
         per_cell = vmap(
             grad(lambda p, b, lam: _cell_loss(stack.template, p, b, lam, inputs, query_labels),
                  has_aux=True),
