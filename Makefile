@@ -59,6 +59,8 @@ bench-gpu: $(STAMP)
 		--json results/bench/peer-gpu-conv4.json
 	$(BIN)/python -m subspace_fsl.bench peer --device cuda --amp --backbone resnet12 --skip-peer \
 		--json results/bench/peer-gpu-resnet12.json
+	$(BIN)/python -m subspace_fsl.bench cells --protocol finetune --device cuda \
+		--json results/bench/cells-gpu-finetune.json
 
 clean-venv:
 	rm -rf $(VENV)

@@ -23,6 +23,7 @@ config.update(settings.validate(config, source=" + ".join(map(str, workflow.conf
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/cells.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/explain.smk"

@@ -278,3 +278,23 @@ def test_easyfsl_on_features_embedded_once_equals_its_per_episode_evaluation(
             predicted = model(query).argmax(1)
             slow.append((predicted == torch.as_tensor(episode.query_labels)).double().mean())
     np.testing.assert_array_equal(fast, torch.stack(slow).numpy())
+
+
+def test_bench_cells_runs_and_prints_its_ratio(tmp_path: Path) -> None:
+    """``bench cells`` at a tiny size: 2 cells together vs one process each (real
+    subprocesses), head-only on stored features; it prints both rates and the ratio."""
+    import subprocess
+    import sys
+
+    result = tmp_path / "cells.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "subspace_fsl.bench", "cells", "--cells", "2", "--episodes", "3",
+         "--way", "2", "--shot", "1", "--threads", "1", "--root", str(tmp_path / "work"),
+         "--json", str(result)],
+        capture_output=True, text=True, check=True).stdout
+    assert "trained together (1 process):" in out and "one process per cell:" in out
+    assert "ratio:" in out
+    figures = json.loads(result.read_text())
+    assert figures["cells"] == 2 and figures["together_s"] > 0 and figures["alone_s"] > 0
+    assert len(list((tmp_path / "work" / "together").glob("cell-*/done"))) == 2
+    assert len(list((tmp_path / "work" / "alone").glob("cell-*/done"))) == 2

@@ -258,3 +258,22 @@ def evaluation_settings(cfg: Mapping[str, Any], method: str, name: str) -> dict[
 def runtime_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k in RUNTIME_SECTIONS}
 
+
+
+def cell_group_key(run: Run) -> tuple[Any, ...]:
+    """What the cells of one group share: everything but lambda1, lambda2 and the temperature
+    value (its fixed or learned kind is shared: a learned tau is a parameter, a fixed one a
+    buffer, so the stacked heads have one structure)."""
+    key = run.key
+    return (run.method, *key._replace(lambda1=0.0, lambda2=0.0, tau=0.0))
+
+
+def cell_groups(cfg: Mapping[str, Any]) -> dict[str, list[Run]]:
+    """The grid's runs that are trained together (``train.batch_cells``): groups of two or
+    more runs sharing :func:`cell_group_key`, named ``{method}/{first run's name}`` (grid
+    order); a run alone in its group is trained by the per-run ``train`` rule."""
+    grouped: dict[tuple[Any, ...], list[Run]] = {}
+    for run in all_runs(cfg):
+        grouped.setdefault(cell_group_key(run), []).append(run)
+    return {f"{runs[0].method}/{runs[0].name}": runs for runs in grouped.values()
+            if len(runs) > 1}

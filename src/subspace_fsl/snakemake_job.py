@@ -142,6 +142,20 @@ def job_config(params: Any, rule: str = "job") -> Config:
     return validate(settings, source=f"the params of rule {rule}")
 
 
+def cell_configs(params: Any, rule: str = "job") -> list[Config]:
+    """The validated settings of every cell of a grouped training job (rule ``train_cells_*``):
+    its ``cells`` param (one run's settings each) completed as :func:`job_config` does."""
+    class _Cell(dict):
+        settings: Any
+
+    out = []
+    for settings in params.cells:
+        cell = _Cell(evaluation=params.get("evaluation"), runtime=params.get("runtime"))
+        cell.settings = settings
+        out.append(job_config(cell, rule))
+    return out
+
+
 @contextlib.contextmanager
 def _output_to(log_path: str | os.PathLike[str]) -> Iterator[Any]:
     """Redirect file descriptors 1 and 2 (Python, C extensions, subprocesses) into the log

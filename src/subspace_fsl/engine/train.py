@@ -31,6 +31,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -613,16 +614,18 @@ class TrainingRun:
         self.state["episode"] = episode
         return values
 
+    def val_accuracies(self) -> np.ndarray:
+        """Accuracy of each fixed validation episode with the current weights."""
+        if self.frozen:
+            return table_accuracies(self.model, self.trainer.table, self.val_plan)
+        return episode_accuracies(
+            self.model, self.data, self.val_plan, self.cfg["eval"]["batch_size"], self.runtime
+        )
+
     def validate(self, episode: int) -> dict[str, float]:
         """Mean accuracy (and ci95) on the fixed validation episodes; keeps the best weights
         (and rewrites ``best.pt``) when it improves; counts towards early stopping."""
-        if self.frozen:
-            accuracies = table_accuracies(self.model, self.trainer.table, self.val_plan)
-        else:
-            accuracies = episode_accuracies(
-                self.model, self.data, self.val_plan, self.cfg["eval"]["batch_size"], self.runtime
-            )
-        summary = summarise(accuracies)
+        summary = summarise(self.val_accuracies())
         self.last_val = summary["mean"]
         state = self.state
         _update_best(state, episode, summary["mean"], self.settings["patience"])

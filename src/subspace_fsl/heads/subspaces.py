@@ -44,13 +44,31 @@ def class_bases(x: Tensor) -> Tensor:
     eps = torch.finfo(gram.dtype).eps * JITTER
     for factor in (1.0, 1e2, 1e4):  # escalate only if rounding made G + eps I indefinite
         chol, info = torch.linalg.cholesky_ex(gram + (eps * factor) * trace * eye)
-        if not bool(info.any()):
+        try:
+            failed = bool(info.any())
+        except RuntimeError:  # under torch.func.vmap (cells trained together, engine/cells.py)
+            return torch.linalg.solve_triangular(_per_matrix(gram, eps * trace * eye), xn,
+                                                 upper=False)
+        if not failed:
             break
     else:
         if not bool(torch.isfinite(x).all()):
             raise ValueError("support features contain NaN or inf")
         raise RuntimeError("Cholesky factorisation of the class Gram matrices failed")
     return torch.linalg.solve_triangular(chol, xn, upper=False)
+
+
+def _per_matrix(gram: Tensor, ridge: Tensor) -> Tensor:
+    """The escalation of :func:`class_bases` without a data-dependent branch (vmap): each
+    matrix takes the first ridge factor whose Cholesky succeeds. Where the first succeeds
+    for every matrix (the usual case) this is exactly the loop's factor."""
+    chol, info = torch.linalg.cholesky_ex(gram + ridge)
+    for factor in (1e2, 1e4):
+        retry, retry_info = torch.linalg.cholesky_ex(gram + factor * ridge)
+        redo = (info != 0)[..., None, None]
+        chol = torch.where(redo, retry, chol)
+        info = torch.where(info != 0, retry_info, info)
+    return chol
 
 
 def projection_distances(bases_t: Tensor, queries: Tensor) -> Tensor:

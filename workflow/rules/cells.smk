@@ -1,0 +1,52 @@
+# train.batch_cells: the runs that share their inputs (subspace_fsl.grid.cell_groups) are one
+# job each group, trained together in one process (engine/cells.py). The outputs are every
+# cell's own run files (no wildcards, so these rules take precedence over the per-run train
+# rule for those files); evaluate, select and the tables read them as before. A run alone in
+# its group keeps the train rule.
+
+
+def cell_run_dirs(runs):
+    return [paths.run_dir(config, run.method, run.name) for run in runs]
+
+
+def cell_outputs(runs):
+    return [d / name for d in cell_run_dirs(runs) for name in ("best.pt", "history.csv", "done")]
+
+
+def cell_settings(runs):
+    return [snakemake_job.run_settings(config, run.method, run.name) for run in runs]
+
+
+if config["train"]["batch_cells"]:
+    for index, (group, runs) in enumerate(grid.cell_groups(config).items()):
+
+        rule:
+            name:
+                f"train_cells_{index}"
+            input:
+                cache=cache_input,
+                features=features_input,
+                split=paths.split_path(config),
+                pretrained=pretrained_input,
+            output:
+                cell_outputs(runs),
+            log:
+                LOGS / "train_cells" / f"{group}.log",
+            benchmark:
+                BENCHMARKS / "train_cells" / f"{group}.tsv"
+            conda:
+                "../../envs/pipeline.yaml"
+            threads: 1
+            resources:
+                mem_mb=4000,
+                runtime=720,
+            params:
+                settings=cell_settings(runs)[0],
+                cells=cell_settings(runs),
+                run_dirs=[str(d) for d in cell_run_dirs(runs)],
+                evaluation=evaluation_only,
+                runtime=runtime_settings,
+            message:
+                f"train {len(runs)} cells of {group} together"
+            script:
+                "../scripts/train_cells.py"
