@@ -2,7 +2,10 @@
 # job each group, trained together in one process (engine/cells.py). The outputs are every
 # cell's own run files (no wildcards, so these rules take precedence over the per-run train
 # rule for those files); evaluate, select and the tables read them as before. A run alone in
-# its group keeps the train rule.
+# its group keeps the train rule. Their evaluations (validation and novel, at the training
+# shot) are one job per group and split as well (evaluate_cells_*: one process, the feature
+# file or cache opened once), each cell still its own eval folder; eval.shots' other shots
+# keep the evaluate_shot rule.
 
 
 def cell_run_dirs(runs):
@@ -11,6 +14,18 @@ def cell_run_dirs(runs):
 
 def cell_outputs(runs):
     return [d / name for d in cell_run_dirs(runs) for name in ("best.pt", "history.csv", "done")]
+
+
+def cell_eval_outputs(runs, split):
+    return [
+        paths.eval_dir(config, run.method, split, run.name) / name
+        for run in runs
+        for name in ("episodes.csv", "summary.json")
+    ]
+
+
+def cell_eval_settings(runs):
+    return [snakemake_job.evaluation_settings(config, run.method, run.name) for run in runs]
 
 
 def cell_settings(runs):
@@ -50,3 +65,39 @@ if config["train"]["batch_cells"]:
                 f"train {len(runs)} cells of {group} together"
             script:
                 "../scripts/train_cells.py"
+
+        for split in ("val", "novel"):
+
+            rule:
+                name:
+                    f"evaluate_cells_{index}_{split}"
+                input:
+                    best=[d / "best.pt" for d in cell_run_dirs(runs)],
+                    cache=cache_input,
+                    features=features_input,
+                    split=paths.split_path(config),
+                output:
+                    cell_eval_outputs(runs, split),
+                log:
+                    LOGS / "evaluate_cells" / f"{group}.{split}.log",
+                benchmark:
+                    BENCHMARKS / "evaluate_cells" / f"{group}.{split}.tsv"
+                conda:
+                    "../../envs/pipeline.yaml"
+                threads: 1
+                resources:
+                    mem_mb=4000,
+                    runtime=60,
+                params:
+                    settings=cell_eval_settings(runs)[0],
+                    cells=cell_eval_settings(runs),
+                    split=split,
+                    out_dirs=[
+                        str(paths.eval_dir(config, run.method, split, run.name)) for run in runs
+                    ],
+                    evaluation=evaluation_only,
+                    runtime=runtime_settings,
+                message:
+                    f"evaluate {len(runs)} cells of {group} on {split}"
+                script:
+                    "../scripts/evaluate_cells.py"

@@ -375,3 +375,20 @@ def evaluate(
         len(plan),
     )
     return summary
+
+
+def evaluate_many(
+    cfgs: Sequence[Mapping[str, Any]],
+    checkpoints: Sequence[str | os.PathLike[str]],
+    split_name: str,
+    out_dirs: Sequence[str | os.PathLike[str]],
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """:func:`evaluate` of each (settings, checkpoint, folder) in one process: the cells of a
+    group trained together (``train.batch_cells``) pay one start-up for all their evaluations;
+    each result is the single evaluation's, written and logged as :func:`evaluate` does."""
+    if not len(cfgs) == len(checkpoints) == len(out_dirs):
+        raise ValueError(f"{len(cfgs)} settings, {len(checkpoints)} checkpoints and "
+                         f"{len(out_dirs)} folders: one of each per evaluation")
+    return [evaluate(cfg, checkpoint, split_name, out, **options)
+            for cfg, checkpoint, out in zip(cfgs, checkpoints, out_dirs, strict=True)]
