@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from subspace_fsl import grid, paths, tracking
+from subspace_fsl import grid, paths, targets, tracking
 from subspace_fsl.tracking import with_retry
 
 log = logging.getLogger(__name__)
@@ -246,8 +246,9 @@ def log_selection_and_tables(cfg: Mapping[str, Any], tables: Iterable[str | Path
     _log_files(parent, files, "tables")
     main = next((p for p in files if p.name == "main.csv"), None)
     if main is not None:
-        metrics = {}
-        for row in pd.read_csv(main).itertuples():
+        table = pd.read_csv(main)
+        metrics = targets.parent_metrics(table)  # the cross-domain targets' cells
+        for row in targets.novel_rows(table).itertuples():
             name = f"main/{row.method}/w{row.way}_k{row.shot}"
             metrics[f"{name}_acc"] = row.mean
             metrics[f"{name}_ci95"] = row.ci95
