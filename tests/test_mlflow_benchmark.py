@@ -148,7 +148,7 @@ def test_run_params_leave_out_what_a_real_data_set_does_not_read():
     cfg = load_config(None, ["dataset.source=cub", "dataset.name=cub"])
     params = run_params(cfg, {"base": ["a"] * 3, "val": ["b"] * 2, "novel": ["c"]})
     assert not any(k.startswith("dataset.synthetic") for k in params)
-    assert params["dataset.url"].startswith("https://") and params["split.n_novel"] == "1"
+    assert params["dataset.url"] == "official" and params["split.n_novel"] == "1"
     assert not any(k.startswith(("grid.", "runtime.", "tracking.")) for k in params)
 
 

@@ -1,6 +1,6 @@
-# Raw data (synthesised here; CUB is downloaded and extracted by `prepare`) -> image cache ->
+# Raw data (synthesised here; real sets are downloaded and extracted by `prepare`) -> image cache ->
 # base / validation / novel class split -> MLflow store and experiment.
-
+from subspace_fsl.data.splits import list_files as split_list_files
 
 if config["dataset"]["source"] == "synthetic":
 
@@ -47,6 +47,7 @@ rule prepare:
 rule split:
     input:
         paths.cache_dir(config),
+        split_list_files(config["split"]),
     output:
         paths.split_path(config),
     log:

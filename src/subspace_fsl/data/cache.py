@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from subspace_fsl import provenance
 from subspace_fsl.config import atomic_directory, atomic_write_text
-from subspace_fsl.data.cub import DatasetError
+from subspace_fsl.data.records import DatasetError
 from subspace_fsl.data.images import load_image
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ def prepare_raw(
     cfg: Mapping[str, Any], raw_root: str | os.PathLike[str] | None = None, progress: bool = True
 ) -> tuple[pd.DataFrame, Path, Any]:
     """Make the raw data of ``cfg`` available; return (records, data root, stamp extra)."""
-    from subspace_fsl.data import cub, folder, synth
+    from subspace_fsl.data import cub, download, sources, synth
 
     dataset = cfg["dataset"]
     root = Path(raw_root) if raw_root is not None else _paths(cfg)[0]
@@ -357,25 +357,33 @@ def prepare_raw(
                 shutil.rmtree(root)
             synth.generate(root, *wanted, progress=progress)
         return cub.read_cub(root, dataset["crop_to_bbox"]), root, synth.settings(*wanted)
-    if source == "cub":
-        if not cub.is_dataset_root(root):
-            archive = Path(cfg["data_dir"]) / cub.archive_name(dataset["url"])
-            cub.download(
-                dataset["url"], archive, dataset["md5"], dataset["size_bytes"], progress=progress
+    spec = sources.get_source(source)
+    if dataset["crop_to_bbox"] and not spec.boxes:
+        raise DatasetError(f"dataset.crop_to_bbox needs bounding boxes; source {source} has none")
+    if spec.downloads and not spec.is_root(root):
+        if root.exists():
+            raise DatasetError(
+                f"{root} exists but does not hold source {source}'s layout ({spec.layout}); "
+                "fix dataset.root, or remove the folder to download the data set again"
             )
-            try:
-                cub.extract(archive, root)
-            except DatasetError as exc:  # refused: never offered again as a usable archive
-                aside = archive.with_name(archive.name + ".bad")
-                os.replace(archive, aside)
-                cub.record_path(archive).unlink(missing_ok=True)
-                raise DatasetError(f"{exc}; moved aside to {aside}") from exc
-        return cub.read_cub(root, dataset["crop_to_bbox"]), root, None
-    if source == "folder":
-        if dataset["crop_to_bbox"]:
-            raise DatasetError("dataset.crop_to_bbox needs bounding boxes; source folder has none")
-        return folder.read_folder(root), root, None
-    raise ValueError(f"dataset.source {source!r}: choose cub, synthetic or folder")
+        remotes = sources.remote_files(source, dataset)
+        archives = [
+            download.download(
+                r.url, Path(cfg["data_dir"]) / r.name, r.md5, r.size_bytes, progress=progress
+            )
+            for r in remotes
+        ]
+        try:
+            download.extract(archives, root, spec.is_root, spec.layout)
+        except DatasetError as exc:  # refused: never offered again as usable archives
+            asides = []
+            for archive in archives:
+                asides.append(archive.with_name(archive.name + ".bad"))
+                os.replace(archive, asides[-1])
+                download.record_path(archive).unlink(missing_ok=True)
+            where = ", ".join(str(a) for a in asides)
+            raise DatasetError(f"{exc}; moved aside to {where}") from exc
+    return spec.read(root, dataset["crop_to_bbox"]), root, sources.annotations_digest(spec, root)
 
 
 def prepare(

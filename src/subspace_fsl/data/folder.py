@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from subspace_fsl.data.cub import COLUMNS, DatasetError
+from subspace_fsl.data.records import COLUMNS, DatasetError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 

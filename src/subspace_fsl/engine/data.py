@@ -117,7 +117,8 @@ def resolve_split(
     path = Path(split_file)
     settings = cfg["split"]
     if not path.is_file():
-        split = make_split(class_names, settings["rule"], settings["counts"], settings["seed"])
+        split = make_split(class_names, settings["rule"], settings["counts"], settings["seed"],
+                           settings.get("lists"))
         save_split(split, path)
         log.info("made class split %s (rule %s)", path, settings["rule"])
     split = load_split(path, class_names)
