@@ -266,10 +266,10 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
     data["p_wilcoxon_holm"] = stats.holm(data["p_wilcoxon"].to_numpy())
     data["p_ttest_holm"] = stats.holm(data["p_ttest"].to_numpy())
     data["test"] = PAIRED_TESTS
-    data = data.drop(columns="column")
+    column = data.pop("column")  # the main table's column label of each row
     md_rows, tex_rows = [], []
-    for _, r in data.iterrows():
-        label = f"{r['column']}: {method} - {r['baseline']}"
+    for i, r in data.iterrows():
+        label = f"{column[i]}: {method} - {r['baseline']}"
         baseline_config = {k: r[f"baseline_{k}"] for k in CONFIG_COLUMNS}
         values = {f"{method} (chosen on validation)":
                   settings_text(cfg, method, r, int(r["budget"])),
