@@ -38,6 +38,7 @@ rule all:
         model_files(),
         eval_files("val", "summary.json"),
         eval_files("novel", "summary.json"),
+        fsl_targets.eval_files(config),
         paths.selection_path(config),
         table_files(),
         plot_files(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shutil
@@ -199,8 +200,6 @@ def _changed_run(tmp: Path, config: Path, change: dict) -> dict[str, int]:
 def _check_benchmark_in_mlflow_and_chromium(tmp_path: Path, cfg: dict) -> None:
     """The workflow's own store: one parent run, the grid as its children (named by method),
     their params, metrics, models, data set and artifacts; then the UI in headless Chromium."""
-    import json
-
     from mlflow.tracking import MlflowClient
     from test_mlflow_benchmark import MlflowServer, chromium, page_dom, visible_text
 
@@ -229,6 +228,10 @@ def _check_benchmark_in_mlflow_and_chromium(tmp_path: Path, cfg: dict) -> None:
         novel = json.loads((paths.eval_dir(cfg, method, "novel", folder) / "summary.json")
                            .read_text())
         assert run.data.metrics["novel_acc"] == pytest.approx(novel["mean"])
+        shapes = json.loads((paths.run_dir(cfg, method, folder) / "eval" / "target-shapes"
+                             / "summary.json").read_text())
+        assert run.data.metrics["target/shapes/acc"] == pytest.approx(shapes["mean"])
+        assert run.data.tags["target-shapes_episodes"] == "6"
         assert "val_eval_acc" in run.data.metrics and run.info.run_id in models
         assert run.inputs.dataset_inputs[0].dataset.name == "tiny"
         top = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -239,6 +242,7 @@ def _check_benchmark_in_mlflow_and_chromium(tmp_path: Path, cfg: dict) -> None:
             "plots/training_curves.png"} <= parent_files
     assert any(k.startswith("main/tiny/multisubspace/") for k in parent.data.metrics)
     assert {runs[name].data.tags["chosen"] for name in children} == {"true", "false"}
+    assert "main/shapes/protonet/w3_k1_eval1_acc_pct" in parent.data.metrics
 
     browser = chromium()
     with MlflowServer(uri) as server:
@@ -261,6 +265,8 @@ def test_end_to_end_tiny_grid(tmp_path):
     assert counts["train"] == 4 and counts["evaluate"] == 8 and counts["init_tracking"] == 1
     assert counts["evaluate_shot"] == 4  # eval.shots [1, 2]: the novel classes at 2 shots too
     assert counts["pretrain"] == 1  # one pre-training shared by the four runs
+    # the cross-domain target (eval.targets.shapes): one cache, every model on it
+    assert counts["prepare_target"] == 1 and counts["evaluate_target"] == 4
 
     # the pre-trained backbone, and every run started from it
     pretrained = load_checkpoint(paths.pretrained_backbone(cfg))
@@ -277,6 +283,17 @@ def test_end_to_end_tiny_grid(tmp_path):
         for ext in report.TABLE_FORMATS:
             assert (tables / f"{name}.{ext}").stat().st_size > 0
     main = pd.read_csv(tables / "main.csv")
+    target = main[main["evaluated_on"] == "target-shapes"]
+    assert sorted(target["method"]) == ["multisubspace", "protonet"]
+    assert (target["eval_way"] == 3).all() and (target["eval_shot"] == 1).all()
+    for row in target.itertuples():  # the target's cell is its evaluation of the chosen run
+        chosen_run = paths.run_name(3, 1, row.n_subspaces, row.lambda1, row.lambda2, 0,
+                                    row.tau, augment="none")
+        summary = json.loads((paths.run_dir(cfg, row.method, chosen_run) / "eval"
+                              / "target-shapes" / "summary.json").read_text())
+        assert row.mean == pytest.approx(100 * summary["mean"])
+        assert summary["n_classes"] == 4 and summary["classes"] == "all"
+    main = main[main["evaluated_on"] == "novel"]
     assert sorted(zip(main["method"], main["eval_shot"], strict=True)) == [
         ("multisubspace", 1), ("multisubspace", 2), ("protonet", 1), ("protonet", 2)]
     assert (main["shot"] == 1).all()
@@ -286,12 +303,14 @@ def test_end_to_end_tiny_grid(tmp_path):
     md = (tables / "main.md").read_text()
     assert "| multisubspace |" in md and "| protonet |" in md and "3-way 1-shot" in md
     assert "3-way 2-shot (trained 1-shot)" in md
+    assert "| target-shapes: 3-way 1-shot |" in md.splitlines()[2]  # the target's column
     assert len(pd.read_csv(tables / "lambdas.csv")) == 2
     assert len(pd.read_csv(tables / "subspaces.csv")) == 1
     assert len(pd.read_csv(tables / "constraints.csv")) == len(report.CONSTRAINT_VARIANTS)
     paired = pd.read_csv(tables / "paired.csv")
-    assert list(paired["baseline"]) == ["protonet"] * 2 and (paired["n_episodes"] == 6).all()
-    assert list(paired["eval_shot"]) == [1, 2]
+    assert list(paired["baseline"]) == ["protonet"] * 3 and (paired["n_episodes"] == 6).all()
+    assert list(paired["eval_shot"]) == [1, 2, 1]
+    assert list(paired["evaluated_on"]) == ["novel", "novel", "target-shapes"]
     selection = pd.read_csv(paths.selection_path(cfg))
     val = {l2: pd.read_csv(paths.eval_dir(cfg, "multisubspace", "val",
                                           paths.run_name(3, 1, 2, 0.1, l2, 0,
@@ -372,19 +391,27 @@ def test_end_to_end_tiny_grid(tmp_path):
     report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "report_pages": 1,
                    "all": 1}
     assert _changed_run(tmp_path, config, {"grid": {"lambda2": [0, 0.1, 0.3]}}) == {
-        "init_tracking": 1, "train": 1, "evaluate": 2, "evaluate_shot": 1, **report_jobs}
+        "init_tracking": 1, "train": 1, "evaluate": 2, "evaluate_shot": 1, "evaluate_target": 1,
+        **report_jobs}
     assert _changed_run(tmp_path, config, {"split": {"seed": 1}}) == {
         "split": 1, "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8,
-        "evaluate_shot": 4, **report_jobs}
+        "evaluate_shot": 4, "evaluate_target": 4, **report_jobs}
     assert _changed_run(tmp_path, config, {"train": {"lr": 0.01}}) == {
-        "init_tracking": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4, **report_jobs}
+        "init_tracking": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4,
+        "evaluate_target": 4, **report_jobs}
     assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
         "pretrain": 1, "init_tracking": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4,
-        **report_jobs}
+        "evaluate_target": 4, **report_jobs}
+    # a target's own setting re-runs its evaluations (and the report), no other evaluation
+    target_change = _changed_run(tmp_path, config,
+                                 {"eval": {"targets": {"shapes": {"episodes": 4}}}})
+    assert target_change["evaluate_target"] == 4 and "prepare_target" not in target_change
+    assert not {"train", "evaluate", "evaluate_shot"} & set(target_change)
     # evaluation-only settings re-run evaluations, never a training (the validation inside
     # training reads eval.query, eval.seed and eval.batch_size only)
     assert _changed_run(tmp_path, config, {"eval": {"episodes": 8}}) == {
-        "init_tracking": 1, "evaluate": 8, "evaluate_shot": 4, **report_jobs}
+        "init_tracking": 1, "evaluate": 8, "evaluate_shot": 4, "evaluate_target": 4,
+        **report_jobs}
     assert _changed_run(tmp_path, config, {"eval": {"shots": [1, 2, 3]}}) == {
         "init_tracking": 1, "evaluate_shot": 4, **report_jobs}
     assert _changed_run(tmp_path, config, {"eval": {"query": 1}})["train"] == 4
@@ -393,7 +420,7 @@ def test_end_to_end_tiny_grid(tmp_path):
     shutil.rmtree(paths.run_dir(cfg, "protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0"))
     dry = snakemake("-n", "--configfile", str(config), cwd=tmp_path)
     assert job_counts(dry.stdout + dry.stderr) == {"train": 1, "evaluate": 2, "evaluate_shot": 1,
-                                                   **report_jobs}
+                                                   "evaluate_target": 1, **report_jobs}
     assert "protonet/w3_k1_S1_l1-0_l2-0_anone_seed0" in dry.stdout + dry.stderr
     assert "protonet/w3_k1_S1_l1-0_l2-0_t10_anone_seed0/best.pt" not in re.sub(
         r"input:.*", "", dry.stdout + dry.stderr)

@@ -82,7 +82,8 @@ def test_a_job_records_the_evaluation_only_settings_without_depending_on_them():
     train = snakemake_job.run_settings(cfg, "protonet", name)
     assert set(train["eval"]) == {"batch_size", "query", "seed"}  # the rerun trigger
     only = snakemake_job.evaluation_only(cfg)
-    assert only == {"eval": {"episodes": 6, "shots": [1, 2]}}
+    # (and the cross-domain targets: their own evaluations read them, eval.targets)
+    assert only == {"eval": {"episodes": 6, "shots": [1, 2], "targets": cfg["eval"]["targets"]}}
     # the train job's settings (and its config.yaml) hold the user's eval section, not the
     # schema's defaults (eval.episodes 600, eval.shots null)
     job = snakemake_job.job_config(Params(settings=train, evaluation=only), "train")

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from subspace_fsl import grid, paths, tracking
+from subspace_fsl import grid, paths, targets, tracking
 from subspace_fsl.tracking import with_retry
 
 if TYPE_CHECKING:
@@ -298,20 +298,39 @@ def cell_text(key: paths.RunKey, varying: Iterable[str]) -> str:
     return " ".join(parts)
 
 
+def _given(value: Any, default: Any) -> Any:
+    """``value`` unless it is missing (None or NaN: a column only some rows fill)."""
+    return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def _target_of(cfg: Mapping[str, Any], row: Mapping[str, Any]) -> str:
+    """The data set a main-table row was evaluated on: its ``target`` column, or the
+    cross-domain target named by ``evaluated_on`` (``target-{name}``), else the source."""
+    for column in ("target", "evaluated_on"):
+        value = _given(row.get(column), None)
+        if isinstance(value, str) and value.startswith(targets.PREFIX):
+            return value.removeprefix(targets.PREFIX)
+        if column == "target" and value is not None:
+            return str(value)
+    return str(cfg["dataset"]["name"])
+
+
 def main_metrics(cfg: Mapping[str, Any], main: pd.DataFrame) -> dict[str, float]:
     """The main table's cells as the parent's metrics, keyed by all that tells them apart:
     ``main/{target}/{method}/w{way}_k{shot}_eval{eval_shot}_acc_pct`` and ``_ci95_pct`` (in
-    %, as the table): ``target`` is the ``target`` column's data set where the table has one (a
-    cross-domain evaluation), else the source data set; ``eval_shot`` the evaluation's shot
-    (``eval.shots``; the training shot where the table has no such column)."""
+    %, as the table): ``target`` is the data set of a cross-domain row (:func:`_target_of`),
+    else the source data set; ``eval_shot`` the evaluation's shot (``eval.shots``; the
+    training shot where the table has no such column); ``_evalway{n}`` is added where a
+    target is evaluated at another way than the training one."""
     metrics = {}
     for row in main.to_dict("records"):
-        target = row.get("target")
-        if target is None or (isinstance(target, float) and np.isnan(target)):
-            target = cfg["dataset"]["name"]
-        eval_shot = int(row.get("eval_shot", row["shot"]))
+        target = _target_of(cfg, row)
+        eval_shot = int(_given(row.get("eval_shot"), row["shot"]))
         name = (f"main/{target}/{row['method']}/w{int(row['way'])}_k{int(row['shot'])}"
                 f"_eval{eval_shot}")
+        eval_way = int(_given(row.get("eval_way"), row["way"]))
+        if eval_way != int(row["way"]):  # a target with fewer classes than the training way
+            name += f"_evalway{eval_way}"
         for column in ("mean", "ci95"):
             value = float(row[column])
             if np.isfinite(value):

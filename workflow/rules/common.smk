@@ -6,6 +6,7 @@ import re
 from subspace_fsl import grid, paths, readers
 from subspace_fsl import report as fsl_report
 from subspace_fsl import snakemake_job
+from subspace_fsl import targets as fsl_targets
 from subspace_fsl.engine import features as fsl_features
 
 # train.backbone: frozen needs the pretrained init and an augmentation stored features allow
@@ -21,6 +22,9 @@ BENCHMARKS = paths.benchmarks_dir(config)
 RUN_DIR = paths.run_dir(config, "{method}", "{run}")
 EVAL_DIR = paths.eval_dir(config, "{method}", "{split}", "{run}")
 EVAL_SHOT_DIR = paths.eval_dir(config, "{method}", "{split}", "{run}", "{shot}")
+# cross-domain targets (eval.targets): their caches and evaluations (subspace_fsl.targets)
+TARGET_CACHE = fsl_targets.cache_dir(config, "{target}")
+EVAL_TARGET_DIR = fsl_targets.eval_dir(config, "{method}", "{run}", "{target}")
 
 
 wildcard_constraints:
@@ -28,6 +32,7 @@ wildcard_constraints:
     run=paths.RUN_WILDCARD,
     split="|".join(paths.SPLITS),
     shot=r"\d+",
+    target=r"[a-z0-9][a-z0-9_-]*",
 
 
 def stage_settings(stage):
@@ -48,6 +53,18 @@ def evaluation_only(wildcards, threads):
     """eval.episodes and eval.shots for the job's records; a function of threads, so not a
     rerun trigger (an evaluation's eval.episodes is one through evaluation_settings)."""
     return snakemake_job.evaluation_only(config)
+
+
+def target_prepare_settings(wildcards):
+    """The target's dataset settings and the model's preprocessing (its cache's params)."""
+    return snakemake_job.sorted_settings(fsl_targets.prepare_settings(config, wildcards.target))
+
+
+def target_evaluation_settings(wildcards):
+    """The run's settings, eval.episodes and this target's settings alone."""
+    return snakemake_job.sorted_settings(
+        fsl_targets.evaluation_settings(config, wildcards.method, wildcards.run, wildcards.target)
+    )
 
 
 def pretrained_input(wildcards):

@@ -82,3 +82,24 @@ rule init_tracking:
         f"set up the MLflow store, experiment and benchmark run of {DATASET}"
     script:
         "../scripts/init_tracking.py"
+
+
+# a cross-domain target's image cache (eval.targets): its own data set, read (or synthesised)
+# and decoded at the model's preprocessing, keyed by the target's dataset settings
+rule prepare_target:
+    output:
+        directory(TARGET_CACHE),
+    log:
+        LOGS / "prepare_target" / "{target}.log",
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+    params:
+        settings=target_prepare_settings,
+        runtime=runtime_settings,
+    message:
+        "prepare the image cache of target {wildcards.target}"
+    script:
+        "../scripts/prepare_target.py"

@@ -69,6 +69,37 @@ rule evaluate_shot:
         "../scripts/evaluate_shot.py"
 
 
+# every model on each cross-domain target of eval.targets (eval/target-{target}): the
+# target's own fixed episodes; never read by the selection
+rule evaluate_target:
+    input:
+        best=RUN_DIR / "best.pt",
+        cache=TARGET_CACHE,
+    output:
+        episodes=EVAL_TARGET_DIR / "episodes.csv",
+        summary=EVAL_TARGET_DIR / "summary.json",
+    log:
+        LOGS / "evaluate" / "{method}" / "{run}.target-{target}.log",
+    benchmark:
+        BENCHMARKS / "evaluate" / "{method}" / "{run}.target-{target}.tsv"
+    conda:
+        "../../envs/pipeline.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        settings=target_evaluation_settings,
+        runtime=runtime_settings,
+        out_dir=lambda wildcards: fsl_targets.eval_dir(
+            config, wildcards.method, wildcards.run, wildcards.target
+        ),
+    message:
+        "evaluate {wildcards.method}/{wildcards.run} on target {wildcards.target}"
+    script:
+        "../scripts/evaluate_target.py"
+
+
 rule select:
     input:
         eval_files("val"),

@@ -17,6 +17,7 @@ rule tables:
     input:
         eval_files("val"),
         eval_files("novel"),
+        fsl_targets.eval_files(config),
         selection=paths.selection_path(config),
         split=paths.split_path(config),
         tracking=paths.tracking_marker(config),

@@ -62,6 +62,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(config_path, args.overrides)
     tracking.check_store(cfg)  # evaluate logs at the end: check the store first
     checkpoint = Path(args.checkpoint) if args.checkpoint else run / "best.pt"
+    if args.target is not None:  # a cross-domain target of eval.targets
+        from subspace_fsl import targets
+        from subspace_fsl.engine.target import evaluate_target
+
+        targets.settings(cfg, args.target)
+        out = Path(args.out) if args.out else run / "eval" / targets.split_name(args.target)
+        summary = evaluate_target(cfg, checkpoint, args.target, out, cache_dir=args.cache)
+        print(json.dumps(summary, indent=2))
+        return 0
     train_shot = None if args.shot is None else cfg["train"]["shot"]
     shot = None if args.shot == train_shot else args.shot
     out = Path(args.out) if args.out else run / "eval" / (
@@ -148,6 +157,10 @@ def register(sub: SubParsers) -> None:
     parser.add_argument("--split", choices=("novel", "val"), default="novel",
                         help="classes to evaluate on (val: for choosing lambdas); default novel")
     parser.add_argument("--checkpoint", metavar="PT", help="default RUN_DIR/best.pt")
+    parser.add_argument("--target", metavar="NAME",
+                        help="a cross-domain target of eval.targets instead of --split (its "
+                             "own episodes; --cache: its image cache, default built from its "
+                             "dataset section; default --out RUN_DIR/eval/target-NAME)")
     parser.add_argument("--shot", type=int, metavar="K",
                         help="support images per class (default: the training shot)")
     parser.add_argument("--out", "-o", metavar="DIR",

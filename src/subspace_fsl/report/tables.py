@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from subspace_fsl import grid, paths, stats
+from subspace_fsl import grid, paths, stats, targets
 from subspace_fsl.config import atomic_write_text
 from subspace_fsl.report.common import (
     cell_rows,
@@ -91,22 +91,36 @@ def _display_pair(rows: list[tuple[str, str, dict[str, float] | str]]
             pd.DataFrame.from_dict(tex, orient="index").fillna(""))
 
 
+def result_columns(cfg: Mapping[str, Any]) -> list[tuple[str, int, int, int, int, str]]:
+    """(evaluated on, way, shot, eval way, eval shot, column label) of every main-table column:
+    the novel classes at each eval shot, then each cross-domain target (``targets``) of each
+    trained (way, shot)."""
+    columns = [("novel", way, shot, way, eval_shot, eval_label(way, shot, eval_shot))
+               for way, shot, eval_shot in eval_cells(cfg)]
+    for name in targets.names(cfg):
+        for way, shot in way_shots(cfg):
+            eval_way, eval_shot = targets.eval_shape(cfg, name, way, shot)
+            columns.append((targets.split_name(name), way, shot, eval_way, eval_shot,
+                            targets.column_label(cfg, name, way, shot)))
+    return columns
+
+
 def main_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
                context: str) -> Table:
     """Every method at its validation-chosen settings, which the table names with the
     selection budget (validation configurations compared) next to the accuracy."""
     method = grid.method_name(cfg)
     records, cells = [], []
-    for way, shot, eval_shot in eval_cells(cfg):
-        col = eval_label(way, shot, eval_shot)
+    for evaluated_on, way, shot, eval_way, eval_shot, col in result_columns(cfg):
         for name in [method, *grid.baseline_names(cfg)]:
             row = chosen(selection, name, way, shot)  # chosen on validation at the training shot
             config = config_of(row)
-            summary = summarise(cell_rows(results, name, "novel", way, shot, **config,
+            summary = summarise(cell_rows(results, name, evaluated_on, way, shot, **config,
                                           eval_shot=eval_shot))
             records.append({"method": name, "way": way, "shot": shot, "eval_shot": eval_shot,
                             **config, **summary,
-                            "budget": int(row["budget"]), "chosen_on": "validation"})
+                            "budget": int(row["budget"]), "chosen_on": "validation",
+                            "evaluated_on": evaluated_on, "eval_way": eval_way})
             cells.append((name, col, summary))
             cells.append((f"{name}: chosen on validation", col,
                           settings_text(cfg, name, config, int(row["budget"]))))
@@ -114,7 +128,7 @@ def main_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Data
     caption = (f"Novel-class accuracy of the method ({method}) and the baselines, each at the "
                f"settings chosen by its validation accuracy (named under it, with how many "
                f"validation configurations it compared), all trained on the same episodes. "
-               f"{context}")
+               f"{targets.description(cfg)} {context}")
     return Table("main", caption, pd.DataFrame(records), md, tex)
 
 
@@ -232,15 +246,15 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
     method = grid.method_name(cfg)
     records = []
     # pairs only within one evaluation shot: the same (way, eval shot) means the same episodes
-    for way, shot, eval_shot in eval_cells(cfg):
+    for evaluated_on, way, shot, eval_way, eval_shot, col in result_columns(cfg):
         mine = chosen(selection, method, way, shot)
         ours_config = config_of(mine)
-        ours = paired_episodes(cell_rows(results, method, "novel", way, shot, **ours_config,
-                                         eval_shot=eval_shot))
+        ours = paired_episodes(cell_rows(results, method, evaluated_on, way, shot,
+                                         **ours_config, eval_shot=eval_shot))
         for name in grid.baseline_names(cfg):
             theirs_row = chosen(selection, name, way, shot)
             theirs_config = config_of(theirs_row)
-            theirs = paired_episodes(cell_rows(results, name, "novel", way, shot,
+            theirs = paired_episodes(cell_rows(results, name, evaluated_on, way, shot,
                                                **theirs_config, eval_shot=eval_shot))
             common = ours.index.intersection(theirs.index)
             if len(common) != len(ours) or len(common) != len(theirs):
@@ -253,15 +267,16 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
                             "baseline_budget": int(theirs_row["budget"]),
                             "mean_diff": 100 * r.mean_diff, "ci95": 100 * r.ci95,
                             "p_wilcoxon": r.p_wilcoxon, "p_ttest": r.p_ttest,
-                            "n_episodes": r.n})
+                            "n_episodes": r.n, "evaluated_on": evaluated_on,
+                            "eval_way": eval_way, "column": col})
     data = pd.DataFrame(records)
     data["p_wilcoxon_holm"] = stats.holm(data["p_wilcoxon"].to_numpy())
     data["p_ttest_holm"] = stats.holm(data["p_ttest"].to_numpy())
     data["test"] = PAIRED_TESTS
+    column = data.pop("column")  # the main table's column label of each row
     md_rows, tex_rows = [], []
-    for _, r in data.iterrows():
-        label = (f"{eval_label(r['way'], r['shot'], r['eval_shot'])}: "
-                 f"{method} - {r['baseline']}")
+    for i, r in data.iterrows():
+        label = f"{column[i]}: {method} - {r['baseline']}"
         baseline_config = {k: r[f"baseline_{k}"] for k in CONFIG_COLUMNS}
         values = {f"{method} (chosen on validation)":
                   settings_text(cfg, method, r, int(r["budget"])),
@@ -277,7 +292,7 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
     caption = (f"Paired comparison on identical novel-class episodes: per-episode accuracy of "
                f"{method} minus each baseline (percentage points, mean ± 95% CI), each at the "
                f"settings its validation accuracy chose (best of its budget of validation "
-               f"configurations). Tests: {PAIRED_TESTS}. {context}")
+               f"configurations). Tests: {PAIRED_TESTS}. {targets.description(cfg)} {context}")
     return Table("paired", caption, data, pd.DataFrame(md_rows), pd.DataFrame(tex_rows))
 
 
@@ -351,6 +366,8 @@ def write_table(table: Table, out_dir: str | Path, split_rule: str,
 def write_tables(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> list[Path]:
     """Every table of ``TABLE_NAMES`` in every format, into ``paths.tables_dir(cfg)``."""
     results = load_results(cfg)
+    if targets.names(cfg):  # the cross-domain targets' rows (split target-{name})
+        results = pd.concat([results, targets.load_results(cfg)], ignore_index=True)
     selection = read_selection(paths.selection_path(cfg))
     rule = split_description(cfg)
     out = Path(out_dir) if out_dir is not None else paths.tables_dir(cfg)
