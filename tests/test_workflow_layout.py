@@ -210,3 +210,13 @@ def test_readme_layout_names_every_top_level_entry():
     for folder in ("workflow/rules", "workflow/scripts", "workflow/schemas", "workflow/report",
                    "src/subspace_fsl"):
         assert folder in layout, folder
+
+
+def test_docs_layout_names_every_module_of_the_package():
+    layout = (REPO / "docs" / "layout.md").read_text()
+    package = REPO / "src" / "subspace_fsl"
+    for path in sorted(package.rglob("*.py")):
+        if path.name in ("__init__.py", "__main__.py") or "__pycache__" in path.parts:
+            continue
+        name = path.stem.lstrip("_")
+        assert re.search(rf"\b{re.escape(name)}\b", layout), path.relative_to(REPO)
