@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import tomllib
 import yaml
+from waiting import HANG_S
 
 from subspace_fsl import paths, report
 from subspace_fsl.engine.checkpoint import load_checkpoint
@@ -32,10 +33,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def snakemake(*args: str, cwd: Path, check: bool = True, timeout: int = 600
-              ) -> subprocess.CompletedProcess[str]:
+def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), *args], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=timeout)
+                          env=_env(), capture_output=True, text=True, timeout=HANG_S)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
@@ -80,15 +80,14 @@ def _write_config(tmp: Path, settings: dict, name: str = "tiny.yaml") -> Path:
 @pytest.mark.parametrize("profile", [None, "profiles/demo"])
 def test_lint_is_clean(profile):
     args = ["--lint"] + (["--profile", profile] if profile else [])
-    proc = snakemake(*args, cwd=REPO, timeout=300)
+    proc = snakemake(*args, cwd=REPO)
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
 
 def test_the_smoke_command_runs_the_tiny_grid_and_nothing_of_config_yaml():
     """`make smoke` (`snakemake --directory .test`, from the checkout) plans exactly the runs
     the tests run on TINY: .test/config.yaml alone, no baseline of config.yaml merged in."""
-    proc = snakemake("-n", "--forceall", "--cores", "2", "--directory", ".test", cwd=REPO,
-                     timeout=300)
+    proc = snakemake("-n", "--forceall", "--cores", "2", "--directory", ".test", cwd=REPO)
     out = proc.stdout + proc.stderr
     counts = job_counts(out)
     assert counts["train"] == len(RUN_NAMES) and counts["evaluate"] == 2 * len(RUN_NAMES)
@@ -176,8 +175,7 @@ def test_conda_pins_match_pyproject():
 ])
 def test_invalid_config_stops_with_the_key_named(tmp_path, settings, key):
     config = _write_config(tmp_path, {**TINY, **settings}, "bad.yaml")
-    proc = snakemake("-n", "--configfile", str(config), cwd=tmp_path, check=False,
-                     timeout=300)
+    proc = snakemake("-n", "--configfile", str(config), cwd=tmp_path, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Error validating config file" in out, out[-3000:]
@@ -255,7 +253,7 @@ def test_end_to_end_tiny_grid(tmp_path):
 
     config = _write_config(tmp_path, TINY)
     cfg = load_config(config)
-    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
+    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["train"] == 4 and counts["evaluate"] == 8 and counts["init_tracking"] == 1
     assert counts["evaluate_shot"] == 4  # eval.shots [1, 2]: the novel classes at 2 shots too
@@ -341,7 +339,7 @@ def test_end_to_end_tiny_grid(tmp_path):
 
     # the self-contained HTML report
     html = tmp_path / "report.html"
-    snakemake("--configfile", str(config), "--report", str(html), cwd=tmp_path, timeout=300)
+    snakemake("--configfile", str(config), "--report", str(html), cwd=tmp_path)
     text = html.read_text(errors="replace")
     assert html.stat().st_size > 50_000 and "Paired comparisons" in text
 
