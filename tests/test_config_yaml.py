@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from waiting import HANG_S
 
 from subspace_fsl.config import (
     ConfigError,
@@ -26,7 +27,7 @@ CLI = [sys.executable, "-m", "subspace_fsl.cli"]
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=HANG_S,
                           env={**os.environ, **(env or {})})
 
 
@@ -107,7 +108,7 @@ def test_the_snakefile_refuses_such_a_file_before_building_anything(tmp_path: Pa
         [str(Path(sys.executable).with_name("snakemake")), "--snakefile", str(REPO / "Snakefile"),
          "--directory", str(tmp_path), "--configfile", str(tmp_path / "bad.yaml"), "-n",
          "--cores", "1"],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        capture_output=True, text=True, timeout=HANG_S, cwd=tmp_path)
     assert proc.returncode != 0
     assert "train.shot reads as 8 under YAML 1.1 (Snakemake) but 10" in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from waiting import HANG_S
 
 from subspace_fsl.data.splits import SplitError, check_split_settings, make_split, save_split
 from subspace_fsl.provenance import ProvenanceError
@@ -87,7 +88,7 @@ def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", OMP_NUM_THREADS="1")
     return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env=env)
+                          text=True, timeout=HANG_S, env=env)
 
 
 TINY = {k: v for k, v in yaml.safe_load((REPO / ".test" / "config.yaml").read_text()).items()

@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from waiting import HANG_S, wait_for_file
 
 from subspace_fsl.cli import main
 from subspace_fsl.config import load_config
@@ -95,13 +95,9 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_a_rerun_resumes(tmp_path: Path) -> N
     prepare(cfg, progress=False)
     run = tmp_path / "run"
     victim = _start(config, run)
-    deadline = time.monotonic() + 120
-    while not (run / "checkpoint.pt").exists():
-        assert victim.poll() is None, victim.communicate()[0]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_file(run / "checkpoint.pt", victim)
     os.kill(victim.pid, signal.SIGTERM)  # what Snakemake and SLURM send on cancel
-    output = victim.communicate(timeout=60)[0]
+    output = victim.communicate(timeout=HANG_S)[0]
     assert victim.returncode == 128 + signal.SIGTERM, output
     assert "stopped by signal 15" in output and "Traceback" not in output
     assert not (run / "done").exists() and not (run / "train_summary.json").exists()
@@ -115,7 +111,7 @@ def test_sigterm_ends_a_run_like_ctrl_c_and_a_rerun_resumes(tmp_path: Path) -> N
     assert info.status == "KILLED" and info.end_time is not None
 
     rerun = _start(config, run)
-    output = rerun.communicate(timeout=240)[0]
+    output = rerun.communicate(timeout=HANG_S)[0]
     assert rerun.returncode == 0, output
     assert f"resuming {run} from episode {stopped_at}" in output
     summary = json.loads((run / "train_summary.json").read_text())

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 import yaml
 from mlflow import MlflowClient
+from waiting import HANG_S, wait_for_file
 
 from subspace_fsl.config import load_config
 from subspace_fsl.data.cache import prepare
@@ -50,7 +50,7 @@ def start(config: Path, out: Path) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen) -> str:
-    output = proc.communicate(timeout=240)[0]
+    output = proc.communicate(timeout=HANG_S)[0]
     assert proc.returncode == 0, output
     return output
 
@@ -65,13 +65,9 @@ def test_killed_run_resumes_and_ends_like_an_uninterrupted_one(tmp_path: Path, m
 
     reference = start(config, straight)  # runs alongside (one thread each)
     victim = start(config, killed)
-    deadline = time.monotonic() + 120
-    while not (killed / "checkpoint.pt").exists():
-        assert victim.poll() is None, victim.communicate()[0]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+    wait_for_file(killed / "checkpoint.pt", victim)
     os.kill(victim.pid, signal.SIGKILL)
-    victim.communicate(timeout=60)
+    victim.communicate(timeout=HANG_S)
     assert victim.returncode == -signal.SIGKILL
     assert not (killed / "done").exists() and not (killed / "train_summary.json").exists()
     interrupted_at = load_checkpoint(killed / "checkpoint.pt")["episode"]
@@ -121,7 +117,7 @@ def test_a_checkpoint_with_code_in_a_run_directory_stops_training(tmp_path: Path
     result = subprocess.run(
         [sys.executable, "-m", "subspace_fsl.cli", "train", "--config", str(config), "--out",
          str(run), "--set", "tracking.enabled=false"],
-        capture_output=True, text=True, env=env, timeout=240)
+        capture_output=True, text=True, env=env, timeout=HANG_S)
     assert result.returncode == 2
     assert "was refused" in result.stderr
     assert not marker.exists()

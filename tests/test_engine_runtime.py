@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 import torch
+from waiting import HANG_S
 
 from subspace_fsl.config import load_config
 from subspace_fsl.engine.progress import Progress
@@ -84,7 +85,7 @@ MALLOC_PROBE = textwrap.dedent(
 def test_malloc_tuning_is_applied_on_glibc_and_can_be_switched_off() -> None:
     def probe(flag: str) -> tuple[str, int]:
         result = subprocess.run([sys.executable, "-c", MALLOC_PROBE, flag], capture_output=True,
-                                text=True, check=True, timeout=120)
+                                text=True, check=True, timeout=HANG_S)
         tuned, faults = result.stdout.split()
         return tuned, int(faults)
 

@@ -143,11 +143,11 @@ def test_the_workflow_re_runs_an_evaluation_whose_summary_is_truncated(tmp_path:
     run = grid.all_runs(cfg)[0]
     target = paths.eval_dir(cfg, run.method, "novel", run.name) / "summary.json"
     common = ("--configfile", str(config), "--cores", "1")
-    snakemake(*common, str(target), cwd=tmp_path, timeout=1200)
+    snakemake(*common, str(target), cwd=tmp_path)
     assert "Nothing to be done" in snakemake(*common, "-n", str(target), cwd=tmp_path).stdout
     target.write_text(target.read_text()[:80])
     plan = snakemake(*common, "-n", str(target), cwd=tmp_path)
     assert str(target) in plan.stderr and "cannot be read" in plan.stderr
     assert job_counts(plan.stdout) == {"evaluate": 1}
-    snakemake(*common, str(target), cwd=tmp_path, timeout=1200)
+    snakemake(*common, str(target), cwd=tmp_path)
     assert json.loads(target.read_text())["split"] == "novel"

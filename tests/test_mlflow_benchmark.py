@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from waiting import HANG_S, wait_for_http
 
 from subspace_fsl import grid, paths, report
 from subspace_fsl.benchmark_tracking import SHARED_VIEW_TAG, view_state, view_url
@@ -444,7 +444,7 @@ def chromium() -> str:
         return found
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG_S)
         assert proc.returncode == 0, f"{' '.join(command)} failed:\n{proc.stderr[-2000:]}"
     found = shutil.which("chromium")
     assert found, "apt-get installed chromium but it is not on PATH"
@@ -472,16 +472,8 @@ class MlflowServer:
             [str(mlflow_bin), "server", "--backend-store-uri", self.uri, "--host", "127.0.0.1",
              "--port", str(self.port), "--workers", "1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()[-3000:]
-            try:
-                with urllib.request.urlopen(f"{self.base}/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        return self
-            except OSError:
-                time.sleep(1)
-        raise AssertionError("mlflow server did not answer /health within 240 s")
+        wait_for_http(f"{self.base}/health", self.proc)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
@@ -496,7 +488,7 @@ def page_dom(browser: str, url: str, width: int = 3800) -> str:
     proc = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          f"--window-size={width},1100", "--virtual-time-budget=30000", "--dump-dom", url],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -560,5 +552,5 @@ def test_the_view_address_is_the_tracking_servers_own(tmp_path):
         record = init_benchmark(cfg)
         assert record["view"] == view_url(record["experiment_id"], server.base)
         assert record["view"].startswith(f"{server.base}/#/experiments/")
-        with urllib.request.urlopen(record["view"], timeout=30) as reply:  # the UI's page
+        with urllib.request.urlopen(record["view"], timeout=HANG_S) as reply:  # the UI's page
             assert reply.status == 200 and b"<html" in reply.read().lower()

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from test_workflow import job_counts
+from waiting import HANG_S
 
 from subspace_fsl.cli import main
 from subspace_fsl.config import load_config
@@ -103,7 +104,7 @@ def _snakemake(workdir: Path, config: Path, *args: str) -> str:
     proc = subprocess.run(
         [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--configfile",
          str(config), "--cores", "1", *args],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=HANG_S)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc.stdout + proc.stderr
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from waiting import HANG_S
 
 from subspace_fsl.config import ConfigError, load_config
 from subspace_fsl.tracking import (
@@ -140,7 +141,7 @@ def test_four_processes_log_to_one_fresh_store_and_lose_nothing(tmp_path, monkey
         )
         for i in range(workers)
     ]
-    outputs = [p.communicate(timeout=180)[0] for p in procs]
+    outputs = [p.communicate(timeout=HANG_S)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * workers, "\n".join(outputs)
     cfg = config(tmp_path, "dataset.name=race")
     client = MlflowClient(tracking_uri(cfg))

@@ -23,9 +23,10 @@ import pandas as pd
 import pytest
 import yaml
 from test_cli_errors import error_line, tiny_settings
+from waiting import HANG_S
 
 CLI = [sys.executable, "-m", "subspace_fsl.cli"]
-HANG = 600  # seconds: only a real hang takes this long
+HANG = HANG_S  # only a real hang takes this long (tests/waiting.py)
 WARNING = "stopped answering"
 
 

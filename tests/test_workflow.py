@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import tomllib
 import yaml
+from waiting import HANG_S
 
 from subspace_fsl import paths, report
 from subspace_fsl.engine.checkpoint import load_checkpoint
@@ -33,10 +34,9 @@ def _env() -> dict[str, str]:
     return env
 
 
-def snakemake(*args: str, cwd: Path, check: bool = True, timeout: int = 600
-              ) -> subprocess.CompletedProcess[str]:
+def snakemake(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(SNAKEMAKE), "--snakefile", str(SNAKEFILE), *args], cwd=cwd,
-                          env=_env(), capture_output=True, text=True, timeout=timeout)
+                          env=_env(), capture_output=True, text=True, timeout=HANG_S)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n"
                              f"{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
@@ -81,15 +81,14 @@ def _write_config(tmp: Path, settings: dict, name: str = "tiny.yaml") -> Path:
 @pytest.mark.parametrize("profile", [None, "profiles/demo"])
 def test_lint_is_clean(profile):
     args = ["--lint"] + (["--profile", profile] if profile else [])
-    proc = snakemake(*args, cwd=REPO, timeout=300)
+    proc = snakemake(*args, cwd=REPO)
     assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
 
 
 def test_the_smoke_command_runs_the_tiny_grid_and_nothing_of_config_yaml():
     """`make smoke` (`snakemake --directory .test`, from the checkout) plans exactly the runs
     the tests run on TINY: .test/config.yaml alone, no baseline of config.yaml merged in."""
-    proc = snakemake("-n", "--forceall", "--cores", "2", "--directory", ".test", cwd=REPO,
-                     timeout=300)
+    proc = snakemake("-n", "--forceall", "--cores", "2", "--directory", ".test", cwd=REPO)
     out = proc.stdout + proc.stderr
     counts = job_counts(out)
     assert counts["train"] == len(RUN_NAMES) and counts["evaluate"] == 2 * len(RUN_NAMES)
@@ -177,8 +176,7 @@ def test_conda_pins_match_pyproject():
 ])
 def test_invalid_config_stops_with_the_key_named(tmp_path, settings, key):
     config = _write_config(tmp_path, {**TINY, **settings}, "bad.yaml")
-    proc = snakemake("-n", "--configfile", str(config), cwd=tmp_path, check=False,
-                     timeout=300)
+    proc = snakemake("-n", "--configfile", str(config), cwd=tmp_path, check=False)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Error validating config file" in out, out[-3000:]
@@ -260,7 +258,7 @@ def test_end_to_end_tiny_grid(tmp_path):
 
     config = _write_config(tmp_path, TINY)
     cfg = load_config(config)
-    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
+    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["train"] == 4 and counts["evaluate"] == 8 and counts["init_tracking"] == 1
     assert counts["evaluate_shot"] == 4  # eval.shots [1, 2]: the novel classes at 2 shots too
@@ -361,7 +359,7 @@ def test_end_to_end_tiny_grid(tmp_path):
 
     # the self-contained HTML report
     html = tmp_path / "report.html"
-    snakemake("--configfile", str(config), "--report", str(html), cwd=tmp_path, timeout=300)
+    snakemake("--configfile", str(config), "--report", str(html), cwd=tmp_path)
     text = html.read_text(errors="replace")
     assert html.stat().st_size > 50_000 and "Paired comparisons" in text
     _check_report_shows_the_tables_inline(text, cfg)
@@ -426,6 +424,19 @@ def test_end_to_end_tiny_grid(tmp_path):
         r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)
 
+    # reproducible by construction: the same configuration run again from nothing, in another
+    # folder, writes the same tables, byte for byte (its tables only: no plots, explain, report)
+    fresh = tmp_path / "again"
+    fresh.mkdir()
+    again_cfg = load_config(_write_config(fresh, TINY))
+    again_tables = paths.tables_dir(again_cfg)
+    targets = [str(again_tables / f"{name}.{ext}") for name in report.TABLE_NAMES
+               for ext in report.TABLE_FORMATS]
+    snakemake("--cores", "2", "--configfile", str(fresh / "tiny.yaml"), *targets, cwd=fresh)
+    for name in report.TABLE_NAMES:
+        for ext in report.TABLE_FORMATS:
+            first = (tables / f"{name}.{ext}").read_bytes()
+            assert (again_tables / f"{name}.{ext}").read_bytes() == first, f"{name}.{ext}"
 
 def _check_report_shows_the_tables_inline(text: str, cfg: dict) -> None:
     """The report's first page holds the headline (every main-table cell of the method and
@@ -460,7 +471,7 @@ def test_end_to_end_tiny_grid_frozen(tmp_path):
 
     config = _write_config(tmp_path, {**TINY, "train": {**TINY["train"], "backbone": "frozen"}})
     cfg = load_config(config)
-    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path, timeout=900)
+    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
     counts = job_counts(proc.stdout + proc.stderr)
     assert counts["pretrain"] == 1 and counts["embed"] == 1 and counts["train"] == 4
     assert counts["evaluate"] == 8 and counts["evaluate_shot"] == 4

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from waiting import HANG_S
 
 from subspace_fsl import schema_docs
 from subspace_fsl.config import load_schema
@@ -24,7 +25,7 @@ def _run(args: list[str], cwd: Path, env: dict[str, str] | None = None
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                 **(env or {})}
     return subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_S)
 
 
 def test_rules_are_snakefmt_clean():

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from test_slurm_profile import MODEL_RULES  # noqa: E402
 from test_workflow import RUN_NAMES, TINY, _write_config, job_counts  # noqa: E402
+from waiting import HANG_S, wait_until  # noqa: E402
 
 from subspace_fsl import grid, paths, report  # noqa: E402
 from subspace_fsl.config import load_config, yaml_dump  # noqa: E402
@@ -52,7 +53,7 @@ LONG_RUN = ("protonet", "w3_k1_S1_l1-0_l2-0_anone_seed0")
 
 
 def _script(*args: str) -> None:
-    subprocess.run(["bash", str(SCRIPT), *args], check=True, timeout=1800)
+    subprocess.run(["bash", str(SCRIPT), *args], check=True, timeout=HANG_S)
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -97,14 +98,14 @@ def site_profile(tmp: Path) -> Path:
     return folder
 
 
-def snakemake(profile: Path, config: Path, *args: str, uri: str, check: bool = True,
-              timeout: int = 1500) -> subprocess.CompletedProcess[str]:
+def snakemake(profile: Path, config: Path, *args: str, uri: str, check: bool = True
+              ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--profile",
          str(profile), "--configfile", str(config),
          "--slurm-init-seconds-before-status-checks", STATUS_CHECK_S, *args],
         cwd=config.parent, env=_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True,
-        timeout=timeout)
+        timeout=HANG_S)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n"
                              f"{proc.stderr[-8000:]}")
@@ -192,14 +193,6 @@ def _ctrl_c_works() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _wait(predicate, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
-        time.sleep(0.5)
-
-
 def test_scancel_mid_training_resumes_on_rerun(slurm, mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -219,7 +212,8 @@ def test_scancel_mid_training_resumes_on_rerun(slurm, mlflow_server, tmp_path):
         cwd=tmp_path, env=_env(MLFLOW_TRACKING_URI=mlflow_server), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, preexec_fn=_ctrl_c_works)
     try:
-        _wait(lambda: (run_dir / "checkpoint.pt").is_file(), 600, "the first checkpoint")
+        wait_until(lambda: (run_dir / "checkpoint.pt").is_file(), "the first checkpoint", first,
+                   poll_s=0.5)
         record = json.loads((run_dir / "mlflow_run.json").read_text())
         jobs = sacct()
         running = jobs[(jobs["state"] == "RUNNING") & jobs["name"].str.len().gt(0)]
@@ -227,14 +221,14 @@ def test_scancel_mid_training_resumes_on_rerun(slurm, mlflow_server, tmp_path):
         train_job = running["id"].item()
         assert not (run_dir / "done").exists()
         subprocess.run(["scancel", train_job], env=_env(), check=True)
-        _wait(lambda: sacct(train_job)["state"].item().startswith("CANCELLED"), 60,
-              "sacct to show the job CANCELLED")
+        wait_until(lambda: sacct(train_job)["state"].item().startswith("CANCELLED"),
+                   "sacct to show the job CANCELLED", poll_s=0.5)
         # the executor plugin (2.8.0) compares sacct's state with its failure states exactly,
         # and sacct says "CANCELLED by 0": it keeps waiting for the job. Stop the workflow as
         # a user does (Ctrl-C), then run it again (docs/workflow.md, "On a SLURM cluster")
         time.sleep(2 * int(STATUS_CHECK_S))
         first.send_signal(signal.SIGINT)
-        out, _ = first.communicate(timeout=300)
+        out, _ = first.communicate(timeout=HANG_S)
     finally:
         if first.poll() is None:
             first.kill()
@@ -247,7 +241,7 @@ def test_scancel_mid_training_resumes_on_rerun(slurm, mlflow_server, tmp_path):
     def ended() -> bool:
         return client.get_run(record["run_id"]).info.status != "RUNNING"
     with contextlib.suppress(AssertionError):  # asserted at the end, after the rerun
-        _wait(ended, 30, "the cancelled run's MLflow status to leave RUNNING")
+        wait_until(ended, "the cancelled run's MLflow status to leave RUNNING", poll_s=0.5)
     killed_status = client.get_run(record["run_id"]).info.status
     print(f"\nMLflow status of the cancelled run: {killed_status}")
 
@@ -300,7 +294,7 @@ def _train_jobs(tmp: Path, uri: str) -> tuple[list[Path], float, list[float]]:
             [str(BIN / "subspace-fsl"), "train", "--config", str(run_config),
              "--set", f"train.seed={i}", "--split-file", str(data["split"]),
              "--cache", str(data["cache"]), "--out", str(runs[i])],
-            env=_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=900)
+            env=_env(MLFLOW_TRACKING_URI=uri), capture_output=True, text=True, timeout=HANG_S)
         assert proc.returncode == 0, f"job {i} ({proc.returncode}): {proc.stderr[-3000:]}"
         return time.monotonic() - start
 
