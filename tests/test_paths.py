@@ -98,7 +98,7 @@ def _grid_cfg(**extra):
 def test_grid_counts_and_names():
     cfg = _grid_cfg()
     method = grid.method_runs(cfg)
-    assert len(method) == 2 * 2 * 2 * 1 * 2
+    assert len(method) == 2 * (1 + 2) * 1 * 2  # shots x (S=1: lambda1 once; S=4: two) x seeds
     assert {r.method for r in method} == {"multisubspace"}
     assert "w5_k5_S4_l1-0.3_l2-0.1_seed1" in {r.name for r in method}
     baselines = grid.baseline_runs(cfg)
@@ -131,8 +131,8 @@ def test_baseline_grids_expand_and_fill_the_run_settings():
                        " grid: {tau: [1, 10, 'learn:10'], distance: [squared, euclidean],"
                        " embed: [separate]}},"
                        " plain: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0}}"})
-    assert len(grid.method_runs(cfg)) == 2 * 2 * 2 * 1 * 2 * 2  # ... x tau x seeds
-    assert grid.budget(cfg, "multisubspace") == 2 * 2 * 1 * 2
+    assert len(grid.method_runs(cfg)) == 2 * (1 + 2) * 1 * 2 * 2  # ... x tau x seeds
+    assert grid.budget(cfg, "multisubspace") == (1 + 2) * 1 * 2  # lambda1 once at S=1
     proto = {r.name for r in grid.baseline_runs(cfg) if r.method == "protonet"}
     assert len(proto) == 2 * 3 * 2 * 2 and grid.budget(cfg, "protonet") == 6
     assert "w5_k1_S1_l1-0_l2-0_tlearn10_deuc_esep_seed1" in proto
@@ -215,8 +215,8 @@ def test_augmentation_is_a_grid_dimension_of_the_method_and_of_each_baseline():
                        " plain: {head: protonet, n_subspaces: 1, lambda1: 0, lambda2: 0}}",
                        "train.augment": "flip"})
     method = grid.method_runs(cfg)
-    assert len(method) == 2 * 2 * 2 * 1 * 2 * 3  # ... x seeds x policies
-    assert grid.budget(cfg, "multisubspace") == 2 * 2 * 3
+    assert len(method) == 2 * (1 + 2) * 1 * 2 * 3  # ... x seeds x policies
+    assert grid.budget(cfg, "multisubspace") == (1 + 2) * 3  # lambda1 once at S=1
     names = {r.name for r in method}
     assert {"w5_k5_S4_l1-0.3_l2-0.1_seed1", "w5_k5_S4_l1-0.3_l2-0.1_aflip_seed1",
             "w5_k5_S4_l1-0.3_l2-0.1_anone_seed1"} <= names
