@@ -163,9 +163,12 @@ def test_an_evaluation_is_current_only_for_its_checkpoint_split_and_settings(tmp
     shutil.copy(tmp_path / "other" / "best.pt", run / "best.pt")
     with pytest.raises(ProvenanceError, match="checkpoint="):
         check_evaluation(out, cfg, run / "best.pt", "val", split_file)
-    # a re-evaluation that fails leaves no summary that looks current (train.seed=1: the
-    # settings the swapped-in checkpoint fixes, which evaluate would otherwise refuse)
+    # a re-evaluation that fails leaves the earlier evaluation as it was (replaced as a whole
+    # or not at all), and that one is still refused as not this checkpoint's (train.seed=1:
+    # the settings the swapped-in checkpoint fixes, which evaluate would otherwise refuse)
     with pytest.raises(ValueError, match=r"eval\.query"):
         evaluate(load_config(config, ["train.seed=1", "eval.query=50"]), run / "best.pt", "val",
                  out)
-    assert not (out / "summary.json").exists()
+    assert (out / "summary.json").exists()
+    with pytest.raises(ProvenanceError, match="checkpoint="):
+        check_evaluation(out, cfg, run / "best.pt", "val", split_file)

@@ -13,9 +13,11 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 
 # the rules that load a model or train one: a GPU each
-MODEL_RULES = {"pretrain", "train", "evaluate", "evaluate_shot", "explain"}
+MODEL_RULES = {"pretrain", "train", "evaluate", "evaluate_shot", "explain", "embed",
+               "evaluate_target"}
 # data, selection and reporting: the CPU partition's default resources
-CPU_RULES = {"synthesise", "prepare", "split", "select", "tables", "plots"}
+CPU_RULES = {"synthesise", "prepare", "split", "select", "tables", "plots", "prepare_target",
+             "report_pages"}
 LOCAL_RULES = {"init_tracking"}  # `localrule: True`: runs on the submit host
 
 
