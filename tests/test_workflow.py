@@ -143,7 +143,10 @@ def test_every_rule_is_one_thin_script_with_log_conda_and_message():
                     if isinstance(node, ast.ImportFrom) and node.module.startswith("subspace_fsl")
                     for alias in node.names}
         assert ast.unparse(call.func) in imported, name
-    assert {p.stem for p in scripts.glob("*.py")} == set(blocks)  # no script without its rule
+    # no script without its rule (cells.smk's grouped rules are named train_cells_{i} and
+    # evaluate_cells_{i}_{split}, one per cell group, and share one script each)
+    assert {p.stem for p in scripts.glob("*.py")} == set(blocks) | {"train_cells",
+                                                                   "evaluate_cells"}
     for name in ("train", "evaluate"):
         assert "benchmark:" in blocks[name] and "threads:" in blocks[name]
         assert "resources:" in blocks[name]
@@ -490,7 +493,7 @@ def test_end_to_end_tiny_grid_frozen(tmp_path):
         for ext in report.TABLE_FORMATS:
             assert (tables / f"{name}.{ext}").stat().st_size > 0
     main = pd.read_csv(tables / "main.csv")
-    assert len(main) == 4 and set(main["protocol"]) == {"frozen"}
+    assert len(main) == 6 and set(main["protocol"]) == {"frozen"}  # 2 methods x 3 columns
     assert "Protocol frozen" in (tables / "main.md").read_text()
     assert set(pd.read_csv(paths.selection_path(cfg))["protocol"]) == {"frozen"}
     # the frozen jobs read the feature file, not the cache
@@ -498,10 +501,11 @@ def test_end_to_end_tiny_grid_frozen(tmp_path):
     report_jobs = {"select": 1, "tables": 1, "plots": 1, "explain": 1, "report_pages": 1,
                    "all": 1}
     assert job_counts(dry.stdout + dry.stderr) == {
-        "embed": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4, **report_jobs}
+        "embed": 1, "train": 4, "evaluate": 8, "evaluate_shot": 4, "evaluate_target": 4,
+        **report_jobs}
     assert _changed_run(tmp_path, config, {"pretrain": {"lr": 0.01}}) == {
         "pretrain": 1, "embed": 1, "init_tracking": 1, "train": 4, "evaluate": 8,
-        "evaluate_shot": 4, **report_jobs}
+        "evaluate_shot": 4, "evaluate_target": 4, **report_jobs}
     changed = _changed_run(tmp_path, config, {"dataset": {"image_size": 28}})
     assert changed["embed"] == 1 and changed["train"] == 4
     # settings frozen cannot honour stop the workflow at once, naming the setting

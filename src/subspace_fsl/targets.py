@@ -250,10 +250,16 @@ def metric_names(name: str) -> dict[str, str]:
 
 def prepare_settings(cfg: Mapping[str, Any], name: str) -> dict[str, Any]:
     """What the target's cache is made from (its workflow job's params): the folders, the
-    model's ``dataset`` (its preprocessing and name) and this target's settings alone."""
+    model's ``dataset`` (its preprocessing and name) and this target's data set, split and
+    classes alone (its episode settings change the evaluations, not the images)."""
+    target = {key: copy.deepcopy(value) for key, value in settings(cfg, name).items()
+              if key in CACHE_KEYS}
     return {"results_dir": cfg["results_dir"], "data_dir": cfg["data_dir"],
-            "dataset": copy.deepcopy(cfg["dataset"]),
-            "eval": {"targets": {name: copy.deepcopy(settings(cfg, name))}}}
+            "dataset": copy.deepcopy(cfg["dataset"]), "eval": {"targets": {name: target}}}
+
+
+# the target settings its cache is made from (the others fix its episodes)
+CACHE_KEYS = ("dataset", "split", "classes")
 
 
 def evaluation_settings(cfg: Mapping[str, Any], method: str, run: str, name: str
