@@ -435,7 +435,8 @@ def test_end_to_end_tiny_grid(tmp_path):
     again_tables = paths.tables_dir(again_cfg)
     targets = [str(again_tables / f"{name}.{ext}") for name in report.TABLE_NAMES
                for ext in report.TABLE_FORMATS]
-    snakemake("--cores", "2", "--configfile", str(fresh / "tiny.yaml"), *targets, cwd=fresh)
+    # targets before --configfile, which takes every following argument as a config file
+    snakemake("--cores", "2", *targets, "--configfile", str(fresh / "tiny.yaml"), cwd=fresh)
     for name in report.TABLE_NAMES:
         for ext in report.TABLE_FORMATS:
             first = (tables / f"{name}.{ext}").read_bytes()
