@@ -395,3 +395,31 @@ def test_separate_passes_give_support_and_queries_their_own_batch_statistics():
                                    separate(support, labels, query).logits)
     with pytest.raises(ValueError, match="embed must be one of"):
         build_model({**cfg, "model": {**cfg["model"], "embed": "twice"}})
+
+
+@pytest.mark.parametrize("shot,n_subspaces,l1_form", [(1, 1, "rv"), (5, 3, "rv"),
+                                                      (2, 4, "unnormalised")])
+def test_forward_cells_is_every_cells_own_forward(shot, n_subspaces, l1_form):
+    """C heads in one batched pass (engine/cells.py's frozen groups) give each cell's own
+    logits, L1, L2 and gradients: float64, so only reduction order separates them."""
+    torch.manual_seed(0)
+    way, query, dim = 5, 4, 24
+    heads = [MultiSubspaceHead(dim, n_subspaces, 8, tau=t, learn_tau=True, l1_form=l1_form)
+             .double() for t in (1.0, 4.0, 0.5)]
+    support = torch.randn(way * shot, dim, dtype=torch.float64)
+    labels = torch.arange(way).repeat_interleave(shot)
+    queries = torch.randn(way * query, dim, dtype=torch.float64)
+    state = {k: torch.stack([dict(h.named_parameters())[k].detach() for h in heads])
+             .requires_grad_(True) for k in ("projection.weight", "log_tau")}
+    together = heads[0].forward_cells(state, support, labels, queries)
+    assert together.logits.shape == (3, way * query, way)
+    (together.logits.sum() + together.l1.sum() + together.l2.sum()).backward()
+    for c, head in enumerate(heads):
+        alone = head(support, labels, queries)
+        (alone.logits.sum() + alone.l1 + alone.l2).backward()
+        torch.testing.assert_close(together.logits[c], alone.logits, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(together.per_subspace[c], alone.per_subspace)
+        torch.testing.assert_close(together.l1[c], alone.l1, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(together.l2[c], alone.l2, rtol=1e-10, atol=1e-12)
+        for k, p in head.named_parameters():
+            torch.testing.assert_close(state[k].grad[c], p.grad, rtol=1e-9, atol=1e-10)

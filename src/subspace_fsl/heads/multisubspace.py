@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from subspace_fsl.heads.base import (
@@ -38,29 +41,31 @@ def _positive_int(name: str, value: object) -> int:
 
 
 def subspace_correlations(support_z: Tensor, form: str = "rv") -> Tensor:
-    """[S, S] matrix of ||Z_i^T Z_j||_F^2, divided by ||Z_i^T Z_i||_F ||Z_j^T Z_j||_F for
-    ``form="rv"`` (the RV coefficients, diagonal 1); support_z [S, NK, d]."""
+    """[..., S, S] matrix of ||Z_i^T Z_j||_F^2, divided by ||Z_i^T Z_i||_F ||Z_j^T Z_j||_F for
+    ``form="rv"`` (the RV coefficients, diagonal 1); support_z [..., S, NK, d]."""
     if form == "rv":
         # RV is scale-invariant per subspace: a detached rescale avoids overflow at 1e6.
-        scale = support_z.detach().abs().amax(dim=(1, 2), keepdim=True)
+        scale = support_z.detach().abs().amax(dim=(-2, -1), keepdim=True)
         support_z = support_z / torch.where(scale > 0, scale, torch.ones_like(scale))
-    grams = support_z.mT @ support_z  # [S, d, d] = Z_s Z_s^T in method.md's column layout
-    inner = torch.einsum("iab,jab->ij", grams, grams)  # ||Z_i^T Z_j||_F^2
+    grams = support_z.mT @ support_z  # [..., S, d, d] = Z_s Z_s^T in method.md's column layout
+    inner = torch.einsum("...iab,...jab->...ij", grams, grams)  # ||Z_i^T Z_j||_F^2
     if form == "rv":
-        norms = inner.diagonal().clamp_min(torch.finfo(inner.dtype).tiny).sqrt()
-        inner = inner / (norms[:, None] * norms[None, :])
+        norms = inner.diagonal(dim1=-2, dim2=-1).clamp_min(torch.finfo(inner.dtype).tiny).sqrt()
+        inner = inner / (norms[..., :, None] * norms[..., None, :])
     return inner
 
 
 def feature_subspace_diversity(support_z: Tensor, form: str) -> Tensor:
-    """L1 from the support data of every subspace, support_z [S, NK, d] (0 when S = 1)."""
-    s, nk, _ = support_z.shape
+    """L1 from the support data of every subspace, support_z [..., S, NK, d] (0 when S = 1);
+    one value per leading index (a scalar for one head)."""
+    s, nk, _ = support_z.shape[-3:]
+    lead = support_z.dim() - 3
     if s == 1:
-        return support_z.new_zeros(())
+        return support_z.new_zeros(support_z.shape[:lead])
     inner = subspace_correlations(support_z, form)
     if form == "rv":
-        return off_diagonal_sum(inner) / (s * (s - 1))
-    return off_diagonal_sum(inner) / (s * (s - 1) * nk**2)
+        return off_diagonal_sum(inner, keep=lead) / (s * (s - 1))
+    return off_diagonal_sum(inner, keep=lead) / (s * (s - 1) * nk**2)
 
 
 @HEADS.register("multisubspace")
@@ -118,19 +123,55 @@ class MultiSubspaceHead(FewShotHead):
         self, support_z: Tensor, support_labels: Tensor, query_z: Tensor
     ) -> HeadOutput:
         """Everything after ``project``: support_z [S, N*K, d], query_z [S, Q, d]."""
-        order, n_way, shot = group_by_class(support_labels, support_z.shape[1])
+        per_subspace, l1, l2 = self.subspace_terms(support_z, support_labels, query_z)
+        return self.output(per_subspace, l1, l2)
+
+    def subspace_terms(
+        self, support_z: Tensor, support_labels: Tensor, query_z: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(per_subspace [..., S, Q, N], L1 [...], L2 [...]) from support_z [..., S, N*K, d] and
+        query_z [..., S, Q, d]; ``...`` is empty for one head, [C] for C cells."""
+        order, n_way, shot = group_by_class(support_labels, support_z.shape[-2])
         if self.subspace_dim <= shot:
             raise ValueError(f"subspace_dim ({self.subspace_dim}) must exceed shot ({shot})")
+        lead = support_z.shape[:-3]
         dtype = compute_dtype(support_z)
         with full_precision(support_z.device):
             support_z, query_z = support_z.to(dtype), query_z.to(dtype)
-            classes = support_z[:, order].reshape(self.n_subspaces, n_way, shot, self.subspace_dim)
+            classes = support_z[..., order, :].reshape(
+                *lead, self.n_subspaces, n_way, shot, self.subspace_dim)
             bases_t = class_bases(classes)
             per_subspace = projection_distances(bases_t, query_z)
             if n_way > 1:
                 pairs = n_way * (n_way - 1) * self.n_subspaces
-                l2 = off_diagonal_sum(basis_overlaps(bases_t)) / pairs
+                l2 = off_diagonal_sum(basis_overlaps(bases_t), keep=len(lead)) / pairs
             else:
-                l2 = support_z.new_zeros(())
+                l2 = support_z.new_zeros(lead)
             l1 = feature_subspace_diversity(support_z, self.l1_form)
-        return self.output(per_subspace, l1, l2)
+        return per_subspace, l1, l2
+
+    def forward_cells(
+        self, state: Mapping[str, Tensor], support_features: Tensor, support_labels: Tensor,
+        query_features: Tensor,
+    ) -> HeadOutput:
+        """C heads of this structure on one episode in one batched pass (the cells of a grid
+        group, engine/cells.py): ``state`` holds this head's parameters and buffers stacked
+        along a leading cell dimension (``projection.weight`` [C, S*d, D], ``log_tau`` [C]).
+
+            z_c = f(x) W_c^T  [C, S, n, d]  ->  logits_c = -sum_s d_s / tau_c  [C, Q, N]
+
+        Every output gains the leading C (l1, l2: [C]); cell c's values are this head's
+        ``forward`` with cell c's parameters (up to float reduction order).
+        """
+        self.check_shapes(support_features, query_features)
+        weight = state["projection.weight"]
+        cells, n_support = weight.shape[0], support_features.shape[0]
+        x = torch.cat([support_features, query_features])
+        # one GEMM against all cells' projections [C*S*d, D] (a bmm over cells is ~3x slower)
+        z = F.linear(x, weight.flatten(0, 1))  # [n, C*S*d]
+        z = z.view(x.shape[0], cells, self.n_subspaces, self.subspace_dim).permute(1, 2, 0, 3)
+        per_subspace, l1, l2 = self.subspace_terms(
+            z[:, :, :n_support], support_labels, z[:, :, n_support:])
+        distances = per_subspace.sum(dim=1)
+        logits = -distances / state["log_tau"].exp().to(distances.dtype)[:, None, None]
+        return HeadOutput(logits, distances, per_subspace, l1, l2)

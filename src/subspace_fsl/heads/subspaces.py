@@ -74,24 +74,29 @@ def _per_matrix(gram: Tensor, ridge: Tensor) -> Tensor:
 def projection_distances(bases_t: Tensor, queries: Tensor) -> Tensor:
     """Squared residuals || q - U U^T q ||^2.
 
-    bases_t [S, N, K, d] (from ``class_bases``); queries [S, Q, d] (shared by all classes) or
-    [S, N, Q, d] (one offset per class, e.g. q - mean_c). Returns [S, Q, N].
+    bases_t [..., S, N, K, d] (from ``class_bases``); queries [..., S, Q, d] (shared by all
+    classes) or [..., S, N, Q, d] (one offset per class, e.g. q - mean_c). Returns
+    [..., S, Q, N]; ``...`` is any batch of heads (cells trained together, engine/cells.py).
     """
-    if queries.dim() == 3:
-        queries = queries.unsqueeze(1)  # [S, 1, Q, d]
-    coefficients = queries @ bases_t.mT  # [S, N, Q, K]
+    if queries.dim() == bases_t.dim() - 1:
+        queries = queries.unsqueeze(-3)  # [..., S, 1, Q, d]
+    coefficients = queries @ bases_t.mT  # [..., S, N, Q, K]
     distances = queries.square().sum(-1) - coefficients.square().sum(-1)
-    return distances.clamp_min(0).transpose(1, 2)
+    return distances.clamp_min(0).transpose(-2, -1)
 
 
 def basis_overlaps(bases_t: Tensor) -> Tensor:
-    """||U_i^T U_j||_F^2 for every pair of classes, [S, N, N] (diagonal = class ranks)."""
-    s, n, k, d = bases_t.shape
-    flat = bases_t.reshape(s, n * k, d)
-    cross = (flat @ flat.mT).reshape(s, n, k, n, k)
-    return cross.square().sum(dim=(2, 4))
+    """||U_i^T U_j||_F^2 for every pair of classes, [..., S, N, N] (diagonal = class ranks)."""
+    *lead, n, k, _ = bases_t.shape
+    flat = bases_t.flatten(-3, -2)  # [..., S, N*K, d]
+    cross = (flat @ flat.mT).reshape(*lead, n, k, n, k)
+    return cross.square().sum(dim=(-3, -1))
 
 
-def off_diagonal_sum(pairs: Tensor) -> Tensor:
-    """Sum of pairs[..., i, j] over i != j (the last two dims)."""
-    return pairs.sum() - pairs.diagonal(dim1=-2, dim2=-1).sum()
+def off_diagonal_sum(pairs: Tensor, keep: int = 0) -> Tensor:
+    """Sum of pairs[..., i, j] over i != j (the last two dims) and over every other dim but
+    the first ``keep`` (``keep=1``: one sum per cell of a stack, shape [C])."""
+    if keep == 0:
+        return pairs.sum() - pairs.diagonal(dim1=-2, dim2=-1).sum()
+    per_matrix = pairs.sum(dim=(-2, -1)) - pairs.diagonal(dim1=-2, dim2=-1).sum(-1)
+    return per_matrix.reshape(*per_matrix.shape[:keep], -1).sum(-1)
