@@ -190,3 +190,15 @@ def test_cells_of_different_inputs_are_refused(tmp_path: Path) -> None:
     other["train"]["shot"] = 3
     with pytest.raises(ValueError, match=r"train\.shot"):
         check_group([cfgs[0], other])
+
+
+def test_bench_cellstep_prints_both_paths_and_their_ratios(capsys) -> None:
+    from subspace_fsl.bench.cellstep import main
+
+    assert main(["--cells", "3", "--subspaces", "2", "--dim", "40", "--repeats", "1",
+                 "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "3 cells, S=2, d=64, D=40" in out
+    for line in ("batched forward+backward", "vmap-ed grad", "Adam step (fused)",
+                 "Adam step (foreach)", "ratio batched / vmap:", "ratio fused / foreach:"):
+        assert line in out
