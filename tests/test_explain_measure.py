@@ -138,3 +138,54 @@ def test_explain_without_a_selection_file_is_one_clear_line(tmp_path, capsys):
     assert err.startswith("subspace-fsl explain: error: selection file ")
     assert "synthetic.csv is missing" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "explain").exists()  # nothing that looks like an output
+
+
+def test_explain_without_part_annotations_draws_the_maps_and_says_the_parts_are_missing(
+        tmp_path, caplog):
+    """A data set without parts (Cars, Aircraft, a CUB snapshot without parts/): the real
+    step on a really trained model writes its maps and tables, part measures as missing."""
+    import json
+    import logging
+    from pathlib import Path
+
+    from subspace_fsl import grid, paths
+    from subspace_fsl.config import load_config
+    from subspace_fsl.data.cache import PARTS_FILE, prepare
+    from subspace_fsl.engine.train import train
+    from subspace_fsl.explain.pipeline import run_explain
+    from subspace_fsl.selection import SELECTION_COLUMNS, write_selection
+
+    cfg = load_config(overrides=[
+        f"results_dir={tmp_path}", f"data_dir={tmp_path / 'data'}", "dataset.image_size=32",
+        "dataset.synthetic={classes: 8, images_per_class: 10, size: 32}",
+        "split.counts=[4, 2, 2]", "grid.way=[2]", "grid.shot=[1]", "grid.n_subspaces=[2]",
+        "grid.lambda1=[0]", "grid.lambda2=[0]", "grid.seeds=[0]", "grid.tau=[1]",
+        "grid.baselines={}", "model.subspace_dim=8", "train.query=2", "train.max_episodes=2",
+        "train.val_every=2", "train.val_episodes=2", "train.checkpoint_every=2",
+        "train.log_every=1", "eval.query=2", "explain.episodes=2", "explain.examples=2",
+        "runtime.device=cpu", "runtime.progress=none", "tracking.enabled=false",
+    ])
+    cache = prepare(cfg, progress=False)
+    (Path(cache) / PARTS_FILE).unlink()  # the data set has no part annotations
+    name = paths.run_name(2, 1, 2, 0, 0, 0)
+    train(grid.run_config(cfg, "multisubspace", name),
+          paths.run_dir(cfg, "multisubspace", name))
+    selection = pd.DataFrame([{
+        "method": "multisubspace", "way": 2, "shot": 1, "n_subspaces": 2, "lambda1": 0.0,
+        "lambda2": 0.0, "tau": 1.0, "learn_tau": False, "distance": "squared",
+        "embed": "joint", "augment": "standard", "val_accuracy": 0.5, "n_seeds": 1,
+        "budget": 1, "best_s": True}])[SELECTION_COLUMNS]
+    write_selection(selection, paths.selection_path(cfg))
+    with caplog.at_level(logging.INFO, logger="subspace_fsl.explain.pipeline"):
+        out = run_explain(cfg)
+    assert "has no part annotations" in caplog.text
+    assert json.loads((out / "done.json").read_text())["parts"] is False
+    summary = pd.read_csv(out / "explain.csv")
+    assert len(summary) == 1 and 0 <= summary["accuracy"].iloc[0] <= 1
+    assert summary["specialization"].isna().all() and summary["diversity"].isna().all()
+    assert np.isfinite(summary["mean_rv"]).all()
+    assert (out / "explain.md").read_text().startswith(
+        "synthetic has no part annotations: the part measures")
+    assert list(pd.read_csv(out / "profiles.csv").columns) == ["method", "run", "subspace"]
+    for kind in ("examples", "profile", "rv"):
+        assert (out / f"{kind}_w2_k1.png").stat().st_size > 1000

@@ -105,6 +105,5 @@ def test_the_cache_carries_parts_through_crop_and_resize(synthetic: Path, tmp_pa
     assert np.mean(hits) >= 0.9, hits
 
 
-def test_a_cache_without_parts_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(ValueError, match=r"parts\.csv is missing"):
-        load_part_locations(tmp_path, 3)
+def test_a_cache_without_parts_has_no_part_locations(tmp_path: Path):
+    assert load_part_locations(tmp_path, 3) is None  # explain then leaves part measures out

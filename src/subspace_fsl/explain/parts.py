@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from subspace_fsl.data.cache import PARTS_FILE, read_cache_parts
+from subspace_fsl.data.cache import read_cache_parts
 
 
 @dataclass(frozen=True)
@@ -23,16 +23,15 @@ class PartLocations:
     visible: np.ndarray
 
 
-def load_part_locations(cache_dir: str | os.PathLike[str], n_images: int) -> PartLocations:
+def load_part_locations(cache_dir: str | os.PathLike[str], n_images: int
+                        ) -> PartLocations | None:
     """The part table of a cache of ``n_images`` images; a part not annotated for an image is
-    invisible there. A cache without ``parts.csv`` is a ``ValueError`` naming the file."""
+    invisible there. ``None`` for a cache without ``parts.csv`` (a data set without part
+    annotations: Cars, Aircraft, a CUB snapshot without ``parts/``, a folder of images): the
+    explain step then draws the evidence maps and leaves the part measures out."""
     table = read_cache_parts(cache_dir)
     if table is None:
-        raise ValueError(
-            f"{os.path.join(cache_dir, PARTS_FILE)} is missing: the data set has no part "
-            "annotations (parts/part_locs.txt) or the cache was built before they were "
-            f"cached; delete {cache_dir} and run `subspace-fsl prepare` again"
-        )
+        return None
     ids = sorted(table["part_id"].unique())
     names = [str(table.loc[table["part_id"] == i, "part_name"].iloc[0]) for i in ids]
     column = {part_id: k for k, part_id in enumerate(ids)}

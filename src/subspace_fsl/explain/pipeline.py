@@ -150,10 +150,16 @@ def explain_model(cfg: Mapping[str, Any], target: Target, data: Any, parts: Any,
                                      data.images_to_tensor(episode.query_idx, device))
             with torch.no_grad():
                 support_features = model.backbone(sup_images).float()
-        xy = torch.as_tensor(parts.xy[episode.query_idx], device=device)
-        visible = torch.as_tensor(parts.visible[episode.query_idx], device=device)
-        shares = measure.part_shares(result.evidence, xy, visible, image_size, radius)
-        profile = measure.part_profile(shares)
+        if parts is not None:
+            xy = torch.as_tensor(parts.xy[episode.query_idx], device=device)
+            visible = torch.as_tensor(parts.visible[episode.query_idx], device=device)
+            shares = measure.part_shares(result.evidence, xy, visible, image_size, radius)
+            profile = measure.part_profile(shares)
+            specialization = float(measure.specialization(profile).nanmean())
+            diversity = float(measure.profile_diversity(profile))
+            profiles.append(profile.cpu().numpy())
+        else:  # no part annotations: the maps only, no part measure
+            specialization = diversity = math.nan
         with torch.no_grad():
             head = model.head
             if isinstance(head, MultiSubspaceHead):
@@ -169,13 +175,12 @@ def explain_model(cfg: Mapping[str, Any], target: Target, data: Any, parts: Any,
         rows.append({
             "episode": number,
             "accuracy": float((result.predicted == query_labels).double().mean()),
-            "specialization": float(measure.specialization(profile).nanmean()),
-            "diversity": float(measure.profile_diversity(profile)),
+            "specialization": specialization,
+            "diversity": diversity,
             "mean_rv": float(measure.mean_off_diagonal(rv)),
             "mean_angle": mean_angle,
             "exact_maps": result.exact,
         })
-        profiles.append(profile.cpu().numpy())
         rvs.append(rv.cpu().numpy())
         if number == 0:
             example = {"indices": episode.query_idx, "evidence": result.evidence.cpu().numpy(),
@@ -188,7 +193,7 @@ def explain_model(cfg: Mapping[str, Any], target: Target, data: Any, parts: Any,
         table.insert(position, field, getattr(key, field))
     table.insert(0, "run", target.name)
     table.insert(0, "method", target.method)
-    profile = np.nanmean(np.stack(profiles), axis=0)
+    profile = np.nanmean(np.stack(profiles), axis=0) if profiles else None
     example.update(rv=np.mean(np.stack(rvs), axis=0), profile=profile, method=target.method,
                    run=target.name, way=key.way, shot=key.shot)
     return table, profile, example
@@ -270,12 +275,16 @@ def run_explain(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> Pa
     runtime = configure(cfg)
     data = open_data(cfg, split_file=paths.split_path(cfg), cache_dir=paths.cache_dir(cfg))
     parts = load_part_locations(data.cache.directory, len(data.labels))
+    if parts is None:
+        log.info("%s has no part annotations (no %s): evidence maps, accuracy, RV and "
+                 "principal angles only; no part profile, specialization or diversity",
+                 paths.dataset_name(cfg), data.cache.directory / "parts.csv")
     tables, profile_rows, examples = [], [], {}
     for target in targets(cfg, selection):
         log.info("explaining %s/%s", target.method, target.name)
         table, profile, example = explain_model(cfg, target, data, parts, runtime)
         tables.append(table)
-        for s, row in enumerate(profile):
+        for s, row in enumerate(profile if profile is not None else []):
             profile_rows.append({"method": target.method, "run": target.name, "subspace": s + 1,
                                  **dict(zip(parts.names, row, strict=True))})
         if target.selected:
@@ -286,16 +295,24 @@ def run_explain(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> Pa
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "episodes.csv", episodes.to_csv(index=False))
     atomic_write_text(out / "explain.csv", summary.to_csv(index=False))
-    atomic_write_text(out / "explain.md", plots.summary_markdown(summary))
+    note = None if parts is not None else (
+        f"{paths.dataset_name(cfg)} has no part annotations: the part measures "
+        "(specialization, diversity, part profiles) are not measured (–); accuracy, RV, "
+        "principal angles and the evidence maps are.")
+    atomic_write_text(out / "explain.md", plots.summary_markdown(summary, note))
     atomic_write_text(out / "paired.csv", paired.to_csv(index=False))
-    atomic_write_text(out / "paired.md", plots.paired_markdown(paired))
-    atomic_write_text(out / "profiles.csv", pd.DataFrame(profile_rows).to_csv(index=False))
+    atomic_write_text(out / "paired.md", plots.paired_markdown(paired, note))
+    profile_columns = ["method", "run", "subspace", *(parts.names if parts else [])]
+    atomic_write_text(out / "profiles.csv",
+                      pd.DataFrame(profile_rows, columns=profile_columns).to_csv(index=False))
     for (way, shot) in way_shots(cfg):
         example = examples.get((way, shot))
         plots.save_examples(example, data, parts, cfg, out / f"examples_w{way}_k{shot}.png")
-        plots.save_profile(example, parts.names, out / f"profile_w{way}_k{shot}.png")
+        plots.save_profile(example, parts.names if parts else None,
+                           out / f"profile_w{way}_k{shot}.png")
         plots.save_rv(example, out / f"rv_w{way}_k{shot}.png")
     save_config(cfg, out / "config.yaml")
     atomic_write_text(done, json.dumps({"models": len(summary), "episodes":
-                                        int(cfg["explain"]["episodes"])}) + "\n")
+                                        int(cfg["explain"]["episodes"]),
+                                        "parts": parts is not None}) + "\n")
     return out

@@ -97,7 +97,7 @@ def save_examples(example: Mapping[str, Any] | None, data: Any, parts: Any,
     for row, q in enumerate(picks):
         index = int(example["indices"][q])
         draw_maps(axes[row], data.cache.images[index], evidence[q],
-                  parts.xy[index], parts.visible[index])
+                  *((parts.xy[index], parts.visible[index]) if parts is not None else ()))
         truth = names[int(example["classes"][example["labels"][q]])]
         guess = names[int(example["classes"][example["predicted"][q]])]
         mark = "ok" if truth == guess else "wrong"
@@ -114,11 +114,14 @@ def _short(name: str, width: int = 28) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def save_profile(example: Mapping[str, Any] | None, part_names: Sequence[str],
+def save_profile(example: Mapping[str, Any] | None, part_names: Sequence[str] | None,
                  path: Path) -> Path:
-    """Heat map subspaces x parts of the part profile (mean over episodes)."""
+    """Heat map subspaces x parts of the part profile (mean over episodes); a labelled
+    placeholder where the data set has no part annotations (``part_names`` None)."""
     if not example:
         return _placeholder(path, "no selected model for this (way, shot)")
+    if part_names is None or example.get("profile") is None:
+        return _placeholder(path, "no part annotations in this data set: no part profile")
     import matplotlib.pyplot as plt
 
     profile = np.asarray(example["profile"])
@@ -160,11 +163,12 @@ def _cell(mean: float, ci: float, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {ci:.{digits}f}" if math.isfinite(ci) else f"{mean:.{digits}f}"
 
 
-def summary_markdown(summary: pd.DataFrame) -> str:
-    """explain.csv as a Markdown table (mean ± 95% CI over episodes)."""
-    lines = ["| method | run | accuracy | specialization | diversity (JSD) | mean RV "
-             "| mean principal angle (°) | maps |",
-             "|---|---|---|---|---|---|---|---|"]
+def summary_markdown(summary: pd.DataFrame, note: str | None = None) -> str:
+    """explain.csv as a Markdown table (mean ± 95% CI over episodes), ``note`` above it."""
+    lines = [note, ""] if note else []
+    lines += ["| method | run | accuracy | specialization | diversity (JSD) | mean RV "
+              "| mean principal angle (°) | maps |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in summary.itertuples():
         lines.append(
             f"| {r.method} | {r.run} | {_cell(r.accuracy, r.accuracy_ci95)} "
@@ -175,11 +179,12 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def paired_markdown(paired: pd.DataFrame) -> str:
+def paired_markdown(paired: pd.DataFrame, note: str | None = None) -> str:
     """paired.csv as Markdown: lambda1 > 0 minus lambda1 = 0, per-episode paired tests."""
-    lines = ["| way | shot | S | λ2 | seed | λ1 | episodes | Δ specialization (95% CI) "
-             "| p (Wilcoxon) | Δ diversity (95% CI) | p (Wilcoxon) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [note, ""] if note else []
+    lines += ["| way | shot | S | λ2 | seed | λ1 | episodes | Δ specialization (95% CI) "
+              "| p (Wilcoxon) | Δ diversity (95% CI) | p (Wilcoxon) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in paired.to_dict("records"):
         cells = []
         for name in ("specialization", "diversity"):
