@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_cli_errors import error_line, tiny_settings
+from test_cli_errors import error_line
+from tiny import cli_settings
 from waiting import HANG_S
 
 CLI = [sys.executable, "-m", "subspace_fsl.cli"]
@@ -67,7 +68,7 @@ def kill_server(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture
 def setup(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
-    settings = tiny_settings(tmp_path)
+    settings = cli_settings(tmp_path)
     settings["train"].update(max_episodes=40, log_every=2, checkpoint_every=2, val_every=10)
     settings["tracking"] = {"enabled": True, "system_metrics": False, "retry_s": 30,
                             "connect_timeout_s": HANG}
@@ -160,7 +161,7 @@ def test_a_web_server_that_is_not_mlflow_is_one_line(tmp_path: Path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
-    settings = tiny_settings(tmp_path)
+    settings = cli_settings(tmp_path)
     settings["tracking"] = {"enabled": True}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(settings))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
