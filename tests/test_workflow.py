@@ -427,20 +427,36 @@ def test_end_to_end_tiny_grid(tmp_path):
         r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)
 
-    # reproducible by construction: the same configuration run again from nothing, in another
-    # folder, writes the same tables, byte for byte (its tables only: no plots, explain, report)
+    # reproducible by construction: a configuration run again from nothing, in another folder,
+    # writes the same tables, byte for byte, as the runs above give it (tables only: no plots,
+    # explain, report). The configuration is the grid cut to one run a method, those above
+    # that are still there, without tracking: the runs above need no training or evaluation
+    # job, and the run from nothing is half the grid's jobs.
+    protonet = {**TINY["grid"]["baselines"]["protonet"], "grid": {"tau": [10]}}
+    reduced = {**TINY, "grid": {**TINY["grid"], "lambda2": [0],
+                                "baselines": {"protonet": protonet}},
+               "tracking": {"enabled": False}}
+
+    def table_files(cfg: dict) -> list[Path]:
+        return [paths.tables_dir(cfg) / f"{name}.{ext}" for name in report.TABLE_NAMES
+                for ext in report.TABLE_FORMATS]
+
+    reduced_here = _write_config(tmp_path, reduced, "reduced.yaml")
+    # targets before --configfile, which takes every following argument as a config file
+    proc = snakemake("--cores", "2", *map(str, table_files(cfg)), "--configfile",
+                     str(reduced_here), cwd=tmp_path)
+    # (and init_tracking: the benchmark's parent run is per configuration)
+    assert job_counts(proc.stdout + proc.stderr) == {"init_tracking": 1, "select": 1,
+                                                     "tables": 1}
     fresh = tmp_path / "again"
     fresh.mkdir()
-    again_cfg = load_config(_write_config(fresh, TINY))
-    again_tables = paths.tables_dir(again_cfg)
-    targets = [str(again_tables / f"{name}.{ext}") for name in report.TABLE_NAMES
-               for ext in report.TABLE_FORMATS]
-    # targets before --configfile, which takes every following argument as a config file
-    snakemake("--cores", "2", *targets, "--configfile", str(fresh / "tiny.yaml"), cwd=fresh)
-    for name in report.TABLE_NAMES:
-        for ext in report.TABLE_FORMATS:
-            first = (tables / f"{name}.{ext}").read_bytes()
-            assert (again_tables / f"{name}.{ext}").read_bytes() == first, f"{name}.{ext}"
+    again_cfg = load_config(_write_config(fresh, reduced))
+    proc = snakemake("--cores", "2", *map(str, table_files(again_cfg)), "--configfile",
+                     str(fresh / "tiny.yaml"), cwd=fresh)
+    assert job_counts(proc.stdout + proc.stderr)["train"] == 2
+    for here, there in zip(table_files(cfg), table_files(again_cfg), strict=True):
+        assert there.read_bytes() == here.read_bytes(), here.name
+
 
 def _check_report_shows_the_tables_inline(text: str, cfg: dict) -> None:
     """The report's first page holds the headline (every main-table cell of the method and
