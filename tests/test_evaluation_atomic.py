@@ -137,7 +137,9 @@ def test_the_workflow_re_runs_an_evaluation_whose_summary_is_truncated(tmp_path:
     """One run of the tiny benchmark evaluated on the novel classes; its summary.json cut in
     half: the workflow plans that evaluation again (it said "Nothing to be done") and the
     run makes a readable one."""
-    config = _write_config(tmp_path, {**TINY, "tracking": {"enabled": False}})
+    # from scratch: no pretrain job before the one training (its init is not what is tested)
+    config = _write_config(tmp_path, {**TINY, "train": {**TINY["train"], "init": "scratch"},
+                                      "tracking": {"enabled": False}})
     cfg = load_config(config)
     from subspace_fsl import grid, paths
 
