@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import cli_settings
 from waiting import HANG_S
 
 from subspace_fsl.cli import main
@@ -41,28 +42,10 @@ TIMED_CLI = [sys.executable, "-c", "import sys, time\n"
 ADVICE = ("weights_only=False", "weights_only` set to `False", "weights_only set to False")
 
 
-def tiny_settings(root: Path) -> dict:
-    """8 classes x 12 images at 32 px; conv4 (D = 256) + 2 subspaces of dim 8; 4 episodes."""
-    return {
-        "results_dir": str(root / "results"),
-        "data_dir": str(root / "data"),
-        "dataset": {"name": "tiny", "image_size": 32,
-                    "synthetic": {"classes": 8, "images_per_class": 12, "size": 32}},
-        "split": {"counts": [4, 2, 2]},
-        "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
-                  "subspace_dim": 8},
-        "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": 4, "val_every": 2,
-                  "val_episodes": 2, "log_every": 2, "checkpoint_every": 2, "patience": 100},
-        "eval": {"query": 3, "episodes": 4, "batch_size": 32},
-        "runtime": {"threads": 1, "progress": "log", "device": "cpu"},
-        "tracking": {"enabled": False},
-    }
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("errors")
-    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_settings(root)))
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cli_settings(root)))
     cfg = load_config(root / "tiny.yaml")
     prepare(cfg, progress=False)
     train(cfg, root / "run")

@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from tiny import EVERY_10, tiny_settings
 
 from subspace_fsl.cli import main
 from subspace_fsl.config import load_config
@@ -26,31 +27,22 @@ from subspace_fsl.engine.train import train
 from subspace_fsl.runtime import configure, no_grad_eval
 from subspace_fsl.tracking import recorded_run_id, tracking_uri
 
-MAX_EPISODES, VAL_EVERY, LOG_EVERY, VAL_EPISODES, EVAL_EPISODES = 40, 10, 5, 4, 30
+MAX_EPISODES, EVAL_EPISODES = 40, 30
+VAL_EVERY, LOG_EVERY, VAL_EPISODES = (EVERY_10[k] for k in ("val_every", "log_every",
+                                                            "val_episodes"))
 
 
-def tiny_settings(root: Path) -> dict:
-    """8 classes x 12 images at 32 px; 2-way 2-shot 3-query; conv4 + 2 subspaces of dim 8."""
-    return {
-        "results_dir": str(root / "results"),
-        "data_dir": str(root / "data"),
-        "dataset": {"name": "tiny", "image_size": 32,
-                    "synthetic": {"classes": 8, "images_per_class": 12, "size": 32}},
-        "split": {"counts": [4, 2, 2]},
-        "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
-                  "subspace_dim": 8},
-        "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": MAX_EPISODES,
-                  "val_every": VAL_EVERY, "val_episodes": VAL_EPISODES, "log_every": LOG_EVERY,
-                  "checkpoint_every": 5, "patience": 100, "lr_step_episodes": 20},
-        "eval": {"query": 3, "episodes": EVAL_EPISODES, "batch_size": 32},
-        "runtime": {"threads": 1, "progress": "log", "device": "cpu"},
-    }
+def engine_settings(root: Path) -> dict:
+    """tests/tiny.py's run at 40 episodes, validated every 10, evaluated on 30."""
+    return tiny_settings(root, train={"max_episodes": MAX_EPISODES, **EVERY_10,
+                                      "lr_step_episodes": 20},
+                         eval={"episodes": EVAL_EPISODES})
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("engine")
-    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_settings(root)))
+    (root / "tiny.yaml").write_text(yaml.safe_dump(engine_settings(root)))
     prepare(load_config(root / "tiny.yaml"), progress=False)  # synthetic data + image cache
     return root
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from tiny import EVERY_10, tiny_settings
 from waiting import HANG_S, wait_for_file
 
 from subspace_fsl.cli import main
@@ -26,21 +27,8 @@ from subspace_fsl.tracking import recorded_run_id, tracking_uri
 
 
 def settings(root: Path, max_episodes: int, tracking: bool) -> dict:
-    return {
-        "results_dir": str(root / "results"),
-        "data_dir": str(root / "data"),
-        "dataset": {"name": "tiny", "image_size": 32,
-                    "synthetic": {"classes": 8, "images_per_class": 12, "size": 32}},
-        "split": {"counts": [4, 2, 2]},
-        "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
-                  "subspace_dim": 8},
-        "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": max_episodes,
-                  "val_every": 10, "val_episodes": 4, "log_every": 5, "checkpoint_every": 5,
-                  "patience": 100},
-        "eval": {"query": 3, "batch_size": 32},
-        "tracking": {"enabled": tracking},
-        "runtime": {"threads": 1, "progress": "log", "device": "cpu"},
-    }
+    return tiny_settings(root, train={"max_episodes": max_episodes, **EVERY_10},
+                         tracking={"enabled": tracking})
 
 
 @pytest.fixture(autouse=True)

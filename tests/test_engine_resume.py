@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import yaml
 from mlflow import MlflowClient
+from tiny import EVERY_10, tiny_settings
 from waiting import HANG_S, wait_for_file
 
 from subspace_fsl.config import load_config
@@ -24,21 +25,9 @@ MAX_EPISODES = 60
 
 
 def settings(root: Path) -> dict:
-    return {
-        "results_dir": str(root / "results"),
-        "data_dir": str(root / "data"),
-        "dataset": {"name": "tiny", "image_size": 32,
-                    "synthetic": {"classes": 8, "images_per_class": 12, "size": 32}},
-        "split": {"counts": [4, 2, 2]},
-        "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
-                  "subspace_dim": 8},
-        # augmentation on: the torch RNG must be restored too for the runs to agree
-        "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": MAX_EPISODES, "val_every": 10,
-                  "val_episodes": 4, "log_every": 5, "checkpoint_every": 5, "patience": 100,
-                  "lr_schedule": "cosine", "augment": "standard"},
-        "eval": {"query": 3, "batch_size": 32},
-        "runtime": {"threads": 1, "progress": "log", "device": "cpu"},
-    }
+    # augmentation on: the torch RNG must be restored too for the runs to agree
+    return tiny_settings(root, train={"max_episodes": MAX_EPISODES, **EVERY_10,
+                                      "lr_schedule": "cosine", "augment": "standard"})
 
 
 def start(config: Path, out: Path) -> subprocess.Popen:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_cli_errors import error_line, tiny_settings
+from test_cli_errors import error_line
 from test_workflow import TINY, _write_config, job_counts, snakemake
+from tiny import cli_settings
 
 from subspace_fsl.config import load_config, yaml_load
 from subspace_fsl.data.cache import prepare
@@ -33,7 +34,7 @@ FILES = {"episodes.csv", "config.yaml", "summary.json"}
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("atomic")
-    (root / "tiny.yaml").write_text(yaml.safe_dump(tiny_settings(root)))
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cli_settings(root)))
     cfg = load_config(root / "tiny.yaml")
     prepare(cfg, progress=False)
     train(cfg, root / "run")
@@ -136,7 +137,9 @@ def test_the_workflow_re_runs_an_evaluation_whose_summary_is_truncated(tmp_path:
     """One run of the tiny benchmark evaluated on the novel classes; its summary.json cut in
     half: the workflow plans that evaluation again (it said "Nothing to be done") and the
     run makes a readable one."""
-    config = _write_config(tmp_path, {**TINY, "tracking": {"enabled": False}})
+    # from scratch: no pretrain job before the one training (its init is not what is tested)
+    config = _write_config(tmp_path, {**TINY, "train": {**TINY["train"], "init": "scratch"},
+                                      "tracking": {"enabled": False}})
     cfg = load_config(config)
     from subspace_fsl import grid, paths
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +23,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_cli_errors import error_line, tiny_settings
+from test_cli_errors import error_line
+from tiny import cli_settings
 from waiting import HANG_S
+
+from subspace_fsl.config import validate
+from subspace_fsl.data.cache import prepare
 
 CLI = [sys.executable, "-m", "subspace_fsl.cli"]
 HANG = HANG_S  # only a real hang takes this long (tests/waiting.py)
@@ -65,16 +70,22 @@ def kill_server(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=HANG)
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny data set and its image cache, made once for the tests that train on it."""
+    root = tmp_path_factory.mktemp("faults")
+    prepare(validate(cli_settings(root)), progress=False)
+    return root
+
+
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Path, str, int]]:
-    settings = tiny_settings(tmp_path)
+def setup(tmp_path: Path, prepared: Path) -> Iterator[tuple[Path, str, int]]:
+    settings = {**cli_settings(tmp_path), "data_dir": str(prepared / "data")}
     settings["train"].update(max_episodes=40, log_every=2, checkpoint_every=2, val_every=10)
     settings["tracking"] = {"enabled": True, "system_metrics": False, "retry_s": 30,
                             "connect_timeout_s": HANG}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(settings))
-    prep = subprocess.run([*CLI, "prepare", "--config", str(tmp_path / "tiny.yaml"),
-                           "--set", "tracking.enabled=false"], capture_output=True, text=True)
-    assert prep.returncode == 0, prep.stderr
+    shutil.copytree(prepared / "results", tmp_path / "results")  # the cache, this test's own
     yield tmp_path, f"sqlite:///{tmp_path / 'store.db'}", free_port()
 
 
@@ -160,7 +171,7 @@ def test_a_web_server_that_is_not_mlflow_is_one_line(tmp_path: Path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     uri = f"http://127.0.0.1:{server.server_address[1]}"
-    settings = tiny_settings(tmp_path)
+    settings = cli_settings(tmp_path)
     settings["tracking"] = {"enabled": True}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(settings))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}

@@ -427,20 +427,36 @@ def test_end_to_end_tiny_grid(tmp_path):
         r"input:.*", "", dry.stdout + dry.stderr)
     assert "multisubspace/w3_k1" not in re.sub(r"input:.*", "", dry.stdout + dry.stderr)
 
-    # reproducible by construction: the same configuration run again from nothing, in another
-    # folder, writes the same tables, byte for byte (its tables only: no plots, explain, report)
+    # reproducible by construction: a configuration run again from nothing, in another folder,
+    # writes the same tables, byte for byte, as the runs above give it (tables only: no plots,
+    # explain, report). The configuration is the grid cut to one run a method, those above
+    # that are still there, without tracking: the runs above need no training or evaluation
+    # job, and the run from nothing is half the grid's jobs.
+    protonet = {**TINY["grid"]["baselines"]["protonet"], "grid": {"tau": [10]}}
+    reduced = {**TINY, "grid": {**TINY["grid"], "lambda2": [0],
+                                "baselines": {"protonet": protonet}},
+               "tracking": {"enabled": False}}
+
+    def table_files(cfg: dict) -> list[Path]:
+        return [paths.tables_dir(cfg) / f"{name}.{ext}" for name in report.TABLE_NAMES
+                for ext in report.TABLE_FORMATS]
+
+    reduced_here = _write_config(tmp_path, reduced, "reduced.yaml")
+    # targets before --configfile, which takes every following argument as a config file
+    proc = snakemake("--cores", "2", *map(str, table_files(cfg)), "--configfile",
+                     str(reduced_here), cwd=tmp_path)
+    # (and init_tracking: the benchmark's parent run is per configuration)
+    assert job_counts(proc.stdout + proc.stderr) == {"init_tracking": 1, "select": 1,
+                                                     "tables": 1}
     fresh = tmp_path / "again"
     fresh.mkdir()
-    again_cfg = load_config(_write_config(fresh, TINY))
-    again_tables = paths.tables_dir(again_cfg)
-    targets = [str(again_tables / f"{name}.{ext}") for name in report.TABLE_NAMES
-               for ext in report.TABLE_FORMATS]
-    # targets before --configfile, which takes every following argument as a config file
-    snakemake("--cores", "2", *targets, "--configfile", str(fresh / "tiny.yaml"), cwd=fresh)
-    for name in report.TABLE_NAMES:
-        for ext in report.TABLE_FORMATS:
-            first = (tables / f"{name}.{ext}").read_bytes()
-            assert (again_tables / f"{name}.{ext}").read_bytes() == first, f"{name}.{ext}"
+    again_cfg = load_config(_write_config(fresh, reduced))
+    proc = snakemake("--cores", "2", *map(str, table_files(again_cfg)), "--configfile",
+                     str(fresh / "tiny.yaml"), cwd=fresh)
+    assert job_counts(proc.stdout + proc.stderr)["train"] == 2
+    for here, there in zip(table_files(cfg), table_files(again_cfg), strict=True):
+        assert there.read_bytes() == here.read_bytes(), here.name
+
 
 def _check_report_shows_the_tables_inline(text: str, cfg: dict) -> None:
     """The report's first page holds the headline (every main-table cell of the method and
@@ -464,21 +480,9 @@ def _check_report_shows_the_tables_inline(text: str, cfg: dict) -> None:
     assert "3-way 2-shot (trained 1-shot)" in first_page
 
 
-@pytest.mark.slow
-def test_end_to_end_tiny_grid_frozen(tmp_path):
-    """The tiny grid with train.backbone: frozen: one embed job between pretrain and the
-    runs, heads trained on its feature file, tables that say so; a changed backbone or cache
-    re-runs embed and everything trained on its features."""
-    import json
-
-    from subspace_fsl.config import load_config
-
-    config = _write_config(tmp_path, {**TINY, "train": {**TINY["train"], "backbone": "frozen"}})
-    cfg = load_config(config)
-    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
-    counts = job_counts(proc.stdout + proc.stderr)
-    assert counts["pretrain"] == 1 and counts["embed"] == 1 and counts["train"] == 4
-    assert counts["evaluate"] == 8 and counts["evaluate_shot"] == 4
+def _check_frozen_runs(cfg: dict) -> None:
+    """Every run of the frozen grid trained its head on the feature table (the backbone is
+    the pre-trained one, untouched) and was evaluated on it."""
     table = load_checkpoint(paths.features_path(cfg))
     assert table["flipped"] is None  # .test trains with augment none, flip_support never
     pretrained = load_checkpoint(paths.pretrained_backbone(cfg))["backbone"]
@@ -489,6 +493,46 @@ def test_end_to_end_tiny_grid_frozen(tmp_path):
         summary = json.loads((paths.eval_dir(cfg, method, "novel", name) / "summary.json")
                              .read_text())
         assert summary["protocol"] == "frozen" and summary["features_stamp"] == table["stamp"]
+
+
+def _novel_accuracies(cfg: dict) -> dict[str, object]:
+    """What the frozen grid scored at its training shot: every run's per-episode novel
+    accuracies, the selection, and the main and paired tables' cells on the novel classes."""
+    main = pd.read_csv(paths.tables_dir(cfg) / "main.csv")
+    paired = pd.read_csv(paths.tables_dir(cfg) / "paired.csv")
+    novel = (main["evaluated_on"] == "novel") & (main["eval_shot"] == main["shot"])
+    paired_novel = (paired["evaluated_on"] == "novel") & (paired["eval_shot"] == paired["shot"])
+    return {
+        "episodes": {f"{method}/{name}": pd.read_csv(paths.eval_dir(cfg, method, "novel", name)
+                                                     / "episodes.csv")["accuracy"].tolist()
+                     for method, name in sorted(RUN_NAMES)},
+        "selection": pd.read_csv(paths.selection_path(cfg))[
+            ["method", "lambda1", "lambda2", "tau"]].to_dict("records"),
+        "main": main.loc[novel, ["method", "lambda2", "tau", "mean", "ci95",
+                                 "n_episodes"]].to_dict("records"),
+        "paired": paired.loc[paired_novel, ["method", "baseline", "mean_diff", "ci95",
+                                            "p_wilcoxon", "p_ttest"]].to_dict("records"),
+    }
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_grid_frozen(tmp_path):
+    """The tiny grid with train.backbone: frozen: one embed job between pretrain and the
+    runs, heads trained on its feature file, tables that say so; a changed backbone or cache
+    re-runs embed and everything trained on its features. Then the same runs with their cells
+    batched (train.batch_cells: one train and one evaluation job a group) on the same
+    features score the same: per-episode accuracies, selection and table cells equal exactly
+    (the stacked heads equal the single ones within float noise, which leaves every
+    prediction as it was)."""
+    from subspace_fsl.config import load_config
+
+    config = _write_config(tmp_path, {**TINY, "train": {**TINY["train"], "backbone": "frozen"}})
+    cfg = load_config(config)
+    proc = snakemake("--cores", "2", "--configfile", str(config), cwd=tmp_path)
+    counts = job_counts(proc.stdout + proc.stderr)
+    assert counts["pretrain"] == 1 and counts["embed"] == 1 and counts["train"] == 4
+    assert counts["evaluate"] == 8 and counts["evaluate_shot"] == 4
+    _check_frozen_runs(cfg)
     tables = paths.tables_dir(cfg)
     for name in report.TABLE_NAMES:
         for ext in report.TABLE_FORMATS:
@@ -515,3 +559,26 @@ def test_end_to_end_tiny_grid_frozen(tmp_path):
                                                         **change["train"]}}, "bad.yaml")
         proc = snakemake("-n", "--configfile", str(bad), cwd=tmp_path, check=False)
         assert proc.returncode != 0 and "train.backbone=frozen" in proc.stdout + proc.stderr
+
+    # the same runs batched, on the same feature file (pretrain and embed are kept), at the
+    # training shot (no other shot, no target, no tracking: nothing that batching changes)
+    alone = _novel_accuracies(cfg)
+    for method, name in RUN_NAMES:
+        shutil.rmtree(paths.run_dir(cfg, method, name))
+    shutil.rmtree(tables)
+    frozen = _write_config(tmp_path, {
+        **TINY, "train": {**TINY["train"], "backbone": "frozen", "batch_cells": True},
+        "eval": {k: v for k, v in TINY["eval"].items() if k not in ("shots", "targets")},
+        "tracking": {"enabled": False}}, "batched.yaml")
+    targets = [str(tables / f"{name}.csv") for name in ("main", "paired")]
+    proc = snakemake("--cores", "2", *targets, "--configfile", str(frozen), cwd=tmp_path)
+    counts = job_counts(proc.stdout + proc.stderr)
+    # one group a method (its two lambda2 values, its two tau values): one train job, one
+    # evaluation job a split
+    assert sorted(k for k in counts if k.startswith("train")) == ["train_cells_0",
+                                                                  "train_cells_1"]
+    assert sorted(k for k in counts if k.startswith("evaluate")) == [
+        f"evaluate_cells_{i}_{split}" for i in (0, 1) for split in ("novel", "val")]
+    assert not {"pretrain", "embed"} & set(counts)
+    _check_frozen_runs(cfg)
+    assert _novel_accuracies(cfg) == alone
