@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             # the runs table is wider than 1600 px once every varying setting is a column
             screenshot(browser, view_url(eid, server.base), out / f"{args.name}_runs.png",
                        width=args.width, boxes=((0, 0, int(args.width * 0.74), 900),))
+            # the page's top, then its Metrics table (where the demo's parent page has it: below
+            # 10 child runs and the selection.* tags; another store may need other rows)
             screenshot(browser, f"{server.base}/#/experiments/{eid}/runs/{parent.info.run_id}"
                        f"?workflowType={WORKFLOW_TYPE}", out / f"{args.name}_parent.png",
                        height=2600, boxes=((0, 0, 1190, 130), (0, 1640, 1190, 2250)))
