@@ -36,11 +36,12 @@ lint: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/demo
 
-# the MLflow screenshots of docs/workflow.md, in headless Chromium (apt-get installs it if
-# missing): the demo's store where `make demo` ran, else the tiny test grid's (~2 min)
+# the MLflow and report screenshots of docs/workflow.md, in headless Chromium (apt-get installs
+# it if missing): the demo's store and report where `make demo` ran, and the tiny test grid's
 screenshots: $(STAMP)
 	if [ -f results/demo/mlflow.db ]; then \
-		$(BIN)/python tests/ui_screenshots.py --store sqlite:///$(CURDIR)/results/demo/mlflow.db --name mlflow_demo; \
+		PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/snakemake --profile profiles/demo --report results/demo/report.html && \
+		$(BIN)/python tests/ui_screenshots.py --store sqlite:///$(CURDIR)/results/demo/mlflow.db --name mlflow_demo --report results/demo/report.html; \
 	fi
 	$(BIN)/python tests/ui_screenshots.py
 
