@@ -203,3 +203,26 @@ def test_a_create_retried_after_a_late_lock_error_makes_no_second_run(tmp_path, 
     run_id = _create_run_once(client, experiment_id, tags, folder)
     runs = client.search_runs([experiment_id])
     assert [r.info.run_id for r in runs] == [run_id]
+
+
+def test_a_data_set_input_logged_by_two_jobs_at_once_is_retried_not_fatal() -> None:
+    """The race of two train jobs recording the same new data set (seen in the tiny
+    workflow): sqlite's UNIQUE failure on the datasets table is retried like a lock."""
+    import sqlite3
+
+    from subspace_fsl.tracking import with_retry
+
+    calls = []
+
+    def log_inputs() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.IntegrityError(
+                "UNIQUE constraint failed: datasets.experiment_id, datasets.name, "
+                "datasets.digest")
+        return "logged"
+
+    assert with_retry(log_inputs) == "logged" and len(calls) == 2
+    with pytest.raises(sqlite3.IntegrityError):  # another constraint is a real error
+        with_retry(lambda: (_ for _ in ()).throw(
+            sqlite3.IntegrityError("UNIQUE constraint failed: runs.run_uuid")))

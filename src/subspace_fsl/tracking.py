@@ -55,7 +55,11 @@ PARENT_TAG = "mlflow.parentRunId"
 #: set on a run whose folder was started afresh because its settings changed
 SUPERSEDED_TAG = "subspace_fsl.superseded"
 RETRY_SECONDS = 120.0  # give up on a locked store after this long
-_TRANSIENT_WORDS = ("locked", "busy", "temporarily unavailable", "unable to open database")
+_TRANSIENT_WORDS = ("locked", "busy", "temporarily unavailable", "unable to open database",
+                    # two jobs logging the same new data set input at once: MLflow looks the
+                    # (experiment, name, digest) row up, then inserts it; the loser's retry
+                    # finds the winner's row
+                    "unique constraint failed: datasets.")
 
 
 # --- where the store is ----------------------------------------------------------------------
