@@ -146,6 +146,7 @@ def test_explain_without_part_annotations_draws_the_maps_and_says_the_parts_are_
     step on a really trained model writes its maps and tables, part measures as missing."""
     import json
     import logging
+    import shutil
     from pathlib import Path
 
     from subspace_fsl import grid, paths
@@ -167,6 +168,7 @@ def test_explain_without_part_annotations_draws_the_maps_and_says_the_parts_are_
     ])
     cache = prepare(cfg, progress=False)
     (Path(cache) / PARTS_FILE).unlink()  # the data set has no part annotations
+    shutil.rmtree(Path(cfg["data_dir"]) / "synthetic" / "parts")  # (else: a stale cache)
     name = paths.run_name(2, 1, 2, 0, 0, 0)
     train(grid.run_config(cfg, "multisubspace", name),
           paths.run_dir(cfg, "multisubspace", name))
@@ -186,6 +188,9 @@ def test_explain_without_part_annotations_draws_the_maps_and_says_the_parts_are_
     assert np.isfinite(summary["mean_rv"]).all()
     assert (out / "explain.md").read_text().startswith(
         "synthetic has no part annotations: the part measures")
-    assert list(pd.read_csv(out / "profiles.csv").columns) == ["method", "run", "subspace"]
+    profiles = pd.read_csv(out / "profiles.csv")
+    assert list(profiles.columns) == ["method", "run", "subspace", "parts_available"]
+    assert list(profiles["subspace"]) == [1, 2] and not profiles["parts_available"].any()
+    assert not summary["parts_available"].any()
     for kind in ("examples", "profile", "rv"):
         assert (out / f"{kind}_w2_k1.png").stat().st_size > 1000

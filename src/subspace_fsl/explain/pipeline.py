@@ -7,7 +7,8 @@ measured on the first ``explain.episodes`` episodes of the ``eval.seed`` novel p
 episodes for every model. Writes into ``{results_dir}/explain/{dataset}/``:
 
 - ``episodes.csv``: one row per (model, episode): accuracy, specialization, diversity,
-  mean RV, mean principal angle;
+  mean RV, mean principal angle, exact_maps, parts_available (False: the data set has no
+  part annotations, the part measures are NaN);
 - ``explain.csv`` / ``explain.md``: per method and grid cell, means and 95% CIs;
 - ``paired.csv`` / ``paired.md``: lambda1 > 0 against lambda1 = 0 (same S, lambda2, seed),
   per-episode paired tests of specialization and diversity (``subspace_fsl.stats``);
@@ -180,6 +181,7 @@ def explain_model(cfg: Mapping[str, Any], target: Target, data: Any, parts: Any,
             "mean_rv": float(measure.mean_off_diagonal(rv)),
             "mean_angle": mean_angle,
             "exact_maps": result.exact,
+            "parts_available": parts is not None,
         })
         rvs.append(rv.cpu().numpy())
         if number == 0:
@@ -209,6 +211,7 @@ def summarise_runs(episodes: pd.DataFrame) -> pd.DataFrame:
         record = dict(zip(keys, values, strict=True))
         record["episodes"] = len(group)
         record["exact_maps"] = bool(group["exact_maps"].all())
+        record["parts_available"] = bool(group["parts_available"].all())
         for name in MEASURES:
             column = group[name].dropna()
             record[name] = float(column.mean()) if len(column) else math.nan
@@ -274,7 +277,8 @@ def run_explain(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> Pa
     selection = read_selection(selection_path)
     runtime = configure(cfg)
     data = open_data(cfg, split_file=paths.split_path(cfg), cache_dir=paths.cache_dir(cfg))
-    parts = load_part_locations(data.cache.directory, len(data.labels))
+    parts = load_part_locations(data.cache.directory, len(data.labels),
+                                data_root=data.cache.meta.get("data_root"))
     if parts is None:
         log.info("%s has no part annotations (no %s): evidence maps, accuracy, RV and "
                  "principal angles only; no part profile, specialization or diversity",
@@ -284,6 +288,10 @@ def run_explain(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> Pa
         log.info("explaining %s/%s", target.method, target.name)
         table, profile, example = explain_model(cfg, target, data, parts, runtime)
         tables.append(table)
+        if profile is None:  # one row per subspace, saying the profile is not measured
+            profile_rows += [{"method": target.method, "run": target.name, "subspace": s + 1,
+                              "parts_available": False}
+                             for s in range(int(example["evidence"].shape[1]))]
         for s, row in enumerate(profile if profile is not None else []):
             profile_rows.append({"method": target.method, "run": target.name, "subspace": s + 1,
                                  **dict(zip(parts.names, row, strict=True))})
@@ -302,7 +310,8 @@ def run_explain(cfg: Mapping[str, Any], out_dir: str | Path | None = None) -> Pa
     atomic_write_text(out / "explain.md", plots.summary_markdown(summary, note))
     atomic_write_text(out / "paired.csv", paired.to_csv(index=False))
     atomic_write_text(out / "paired.md", plots.paired_markdown(paired, note))
-    profile_columns = ["method", "run", "subspace", *(parts.names if parts else [])]
+    profile_columns = ["method", "run", "subspace",
+                       *(parts.names if parts else ["parts_available"])]
     atomic_write_text(out / "profiles.csv",
                       pd.DataFrame(profile_rows, columns=profile_columns).to_csv(index=False))
     for (way, shot) in way_shots(cfg):

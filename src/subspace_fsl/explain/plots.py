@@ -104,8 +104,9 @@ def save_examples(example: Mapping[str, Any] | None, data: Any, parts: Any,
         axes[row, 0].set_title(f"{_short(truth)} ({mark})", fontsize=6)
         for i in range(s):
             axes[row, i + 1].set_title(f"subspace {i + 1}", fontsize=6)
-    fig.suptitle(f"{example['method']} {example['run']}: evidence predicted vs runner-up",
-                 fontsize=7)
+    caption = "" if parts is not None else " (no part annotations in this data set)"
+    fig.suptitle(f"{example['method']} {example['run']}: evidence predicted vs runner-up"
+                 f"{caption}", fontsize=7)
     return _save(fig, path)
 
 
