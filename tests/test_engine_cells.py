@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tiny import tiny_settings
 
 from subspace_fsl.config import validate
 from subspace_fsl.data.cache import prepare
@@ -39,21 +40,12 @@ FINETUNE_RTOL = 1e-2
 
 
 def settings(root: Path, **train: object) -> dict:
-    return {
-        "results_dir": str(root / "results"),
-        "data_dir": str(root / "data"),
-        "dataset": {"name": "tiny", "image_size": 32,
-                    "synthetic": {"classes": 8, "images_per_class": 12, "size": 32}},
-        "split": {"counts": [4, 2, 2]},
-        "model": {"backbone": "conv4", "head": "multisubspace", "n_subspaces": 2,
-                  "subspace_dim": 8},
-        "train": {"way": 2, "shot": 2, "query": 3, "max_episodes": 40, "val_every": 5,
-                  "val_episodes": 4, "log_every": 5, "checkpoint_every": 5, "patience": 2,
-                  "lr_schedule": "cosine", "augment": "standard", **train},
-        "eval": {"query": 3, "batch_size": 32},
-        "runtime": {"threads": 1, "progress": "none", "device": "cpu"},
-        "tracking": {"enabled": False},
-    }
+    return tiny_settings(
+        root,
+        train={"max_episodes": 40, "val_every": 5, "val_episodes": 4, "log_every": 5,
+               "checkpoint_every": 5, "patience": 2, "lr_schedule": "cosine",
+               "augment": "standard", **train},
+        runtime={"progress": "none"}, tracking={"enabled": False})
 
 
 #: (lambda1, tau) of the cells

@@ -130,7 +130,9 @@ class _Stack:
         holder = nn.ParameterList([nn.Parameter(v, requires_grad=True)
                                    for v in self.params.values()])
         self.params = dict(zip(self.params, holder, strict=True))
-        self.optimizer = _fused(build_optimizer(cfg, holder))
+        # Adam's fused kernel: 40 cells of S = 8 on 1600-d features are 33M stacked weights,
+        # updated 4x faster than by the default foreach path on 2 CPU cores (bench cellstep)
+        self.optimizer = build_optimizer(cfg, holder, fused=True)
         self.scheduler = build_scheduler(cfg, self.optimizer)
         self._load_optimizer(cells)
 
@@ -185,19 +187,6 @@ class _Stack:
         self.optimizer.param_groups[0]["params"] = list(new_params.values())
         self.params = new_params
         self.buffers = {k: v.index_select(0, index) for k, v in self.buffers.items()}
-
-
-def _fused(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """Adam's fused kernel for the stack: C cells' weights are one tensor, and the per-element
-    update is memory bound (40 cells of S = 8 on 1600-d features: 33M weights, 4x faster than
-    the default foreach path on 2 CPU cores). Same update rule, float rounding aside."""
-    if isinstance(optimizer, torch.optim.Adam) and all(
-            p.dtype in (torch.float32, torch.float64) for g in optimizer.param_groups
-            for p in g["params"]):
-        group = optimizer.param_groups[0]
-        return torch.optim.Adam(group["params"], lr=group["lr"],
-                                weight_decay=group["weight_decay"], fused=True)
-    return optimizer
 
 
 def _per_cell(value: Any) -> bool:

@@ -80,16 +80,20 @@ HISTORY_COLUMNS = ["episode", "train_loss", "train_acc", "l1", "l2", "val_acc", 
 # --- pieces ----------------------------------------------------------------------------------
 
 
-def build_optimizer(cfg: Mapping[str, Any], model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Mapping[str, Any], model: torch.nn.Module, *,
+                    fused: bool = False) -> torch.optim.Optimizer:
     """Adam or SGD over the parameters that train (a frozen backbone's do not). A model with
     none (a fixed-tau ProtoNet / DSN head on frozen features) gets an optimiser of one empty
-    tensor, so its run has the checkpoint, scheduler and history of any run."""
+    tensor, so its run has the checkpoint, scheduler and history of any run. ``fused``: Adam's
+    fused kernel (same update rule, float rounding aside), for the stacked weights of cells
+    trained together (engine/cells.py), where the element-wise update is memory bound."""
     train = cfg["train"]
     params = [p for p in model.parameters() if p.requires_grad] or [
         torch.nn.Parameter(torch.zeros(0))
     ]
     if train["optimizer"] == "adam":
-        return torch.optim.Adam(params, lr=train["lr"], weight_decay=train["weight_decay"])
+        return torch.optim.Adam(params, lr=train["lr"], weight_decay=train["weight_decay"],
+                                fused=fused or None)
     return torch.optim.SGD(
         params,
         lr=train["lr"],
