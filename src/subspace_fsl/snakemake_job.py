@@ -47,7 +47,7 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +126,22 @@ def runtime_settings(cfg: Mapping[str, Any], threads: int) -> dict[str, Any]:
     settings = sorted_settings(grid.runtime_settings(cfg))
     settings["runtime"]["threads"] = int(threads)
     return settings
+
+
+def inherit_profile_resources(resource_settings: Any, rule: str, families: Sequence[str]) -> None:
+    """Give a generated rule (``train_cells_3``) the ``--set-resources`` / ``--set-threads`` of
+    the first of ``families`` a profile names (``train_cells``, else ``train``), unless the
+    profile names ``rule`` itself. Call it before the rule is defined: Snakemake applies a
+    profile's settings by exact rule name when it registers the rule, and the generated names
+    depend on the grid, so no profile can list them. The parsed maps are also what Snakemake
+    passes to the jobs it submits, so a cluster job sees the same resources."""
+    for parsed in (resource_settings._parsed_overwrite_resources,
+                   resource_settings._parsed_overwrite_threads):
+        if rule in parsed:
+            continue
+        family = next((name for name in families if name in parsed), None)
+        if family is not None:
+            parsed[rule] = parsed[family]
 
 
 # --- script side -----------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 # its group keeps the train rule. Their evaluations (validation and novel, at the training
 # shot) are one job per group and split as well (evaluate_cells_*: one process, the feature
 # file or cache opened once), each cell still its own eval folder; eval.shots' other shots
-# keep the evaluate_shot rule.
+# keep the evaluate_shot rule. A profile's set-resources / set-threads for train_cells (else
+# train) and evaluate_cells (else evaluate) apply to every generated rule of that family.
 
 
 def cell_run_dirs(runs):
@@ -34,6 +35,15 @@ def cell_settings(runs):
 
 if config["train"]["batch_cells"]:
     for index, (group, runs) in enumerate(grid.cell_groups(config).items()):
+        snakemake_job.inherit_profile_resources(
+            workflow.resource_settings, f"train_cells_{index}", ("train_cells", "train")
+        )
+        for split in ("val", "novel"):
+            snakemake_job.inherit_profile_resources(
+                workflow.resource_settings,
+                f"evaluate_cells_{index}_{split}",
+                ("evaluate_cells", "evaluate"),
+            )
 
         rule:
             name:
