@@ -13,11 +13,12 @@ for resnet18 the keys of a torchvision checkpoint's ``fc`` layer are dropped.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from subspace_fsl.registry import Registry
 
@@ -121,24 +122,45 @@ class ResNet12(Backbone):
         return self.blocks(images).mean(dim=(2, 3))
 
 
+@functools.cache
+def _resnet18_class() -> type[Backbone]:
+    """torchvision's ResNet as a Backbone, made on first use: importing torchvision costs
+    seconds (it imports torch._dynamo), which every job and command without resnet18 (each
+    Snakemake job is a process) would otherwise pay."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class ResNet18(ResNet, Backbone):
+        """torchvision's resnet18(weights=None) with ``fc`` replaced by the identity.
+
+        Subclassing keeps torchvision's state_dict keys, so its checkpoints load directly.
+        """
+
+        def __init__(self) -> None:
+            super().__init__(BasicBlock, [2, 2, 2, 2])
+            self.fc = nn.Identity()
+
+        def output_dim(self, image_size: int) -> int:
+            _check_size(image_size, 1)
+            return 512
+
+        def forward(self, images: Tensor) -> Tensor:
+            self.check_images(images)
+            return super().forward(images)
+
+    ResNet18.__module__, ResNet18.__qualname__ = __name__, "ResNet18"  # picklable by name
+    return ResNet18
+
+
 @BACKBONES.register("resnet18")
-class ResNet18(ResNet, Backbone):
-    """torchvision's resnet18(weights=None) with ``fc`` replaced by the identity.
+def _resnet18() -> Backbone:
+    return _resnet18_class()()
 
-    Subclassing keeps torchvision's state_dict keys, so its checkpoints load directly.
-    """
 
-    def __init__(self) -> None:
-        super().__init__(BasicBlock, [2, 2, 2, 2])
-        self.fc = nn.Identity()
-
-    def output_dim(self, image_size: int) -> int:
-        _check_size(image_size, 1)
-        return 512
-
-    def forward(self, images: Tensor) -> Tensor:
-        self.check_images(images)
-        return super().forward(images)
+def __getattr__(name: str) -> Any:
+    """``backbones.ResNet18``: the class, built (torchvision imported) when first asked for."""
+    if name == "ResNet18":
+        return _resnet18_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_weights(model: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...] = ()) -> None:
