@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from subspace_fsl import paths
+from subspace_fsl import frozen_protocol, paths
 from subspace_fsl.backbones import build_backbone
 from subspace_fsl.config import validate
 from subspace_fsl.data.cache import ImageCache, prepare
@@ -147,9 +147,9 @@ def test_a_fixed_tau_protonet_has_nothing_to_train_and_still_finishes(root: Path
 
 def test_frozen_settings_are_refused_with_the_setting_named(root: Path):
     with pytest.raises(ValueError, match=r"train\.init=pretrained"):
-        ft.check_frozen_settings(_cfg(root, init="scratch"))
+        frozen_protocol.check_frozen_settings(_cfg(root, init="scratch"))
     with pytest.raises(ValueError, match=r"train\.augment=standard"):
-        ft.check_frozen_settings(_cfg(root, augment="standard"))
+        frozen_protocol.check_frozen_settings(_cfg(root, augment="standard"))
 
 
 def test_a_changed_backbone_makes_the_table_stale_and_embed_rebuilds_it(tmp_path: Path,

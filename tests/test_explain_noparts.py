@@ -19,8 +19,9 @@ from subspace_fsl.config import load_config
 from subspace_fsl.data.cache import PARTS_FILE, prepare
 from subspace_fsl.engine.data import open_data
 from subspace_fsl.engine.train import train
+from subspace_fsl.explain.outputs import output_files
 from subspace_fsl.explain.parts import load_part_locations
-from subspace_fsl.explain.pipeline import output_files, run_explain
+from subspace_fsl.explain.pipeline import run_explain
 from subspace_fsl.selection import SELECTION_COLUMNS, write_selection
 
 

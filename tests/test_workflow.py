@@ -341,7 +341,7 @@ def test_end_to_end_tiny_grid(tmp_path):
             assert (plots / f"{name}.{ext}").stat().st_size > 5000
 
     # the explain step: one row per explained model, its figures, and the lambda1 test table
-    from subspace_fsl.explain.pipeline import explain_dir, output_files
+    from subspace_fsl.explain.outputs import explain_dir, output_files
 
     assert all(path.is_file() for path in output_files(cfg))
     explained = pd.read_csv(explain_dir(cfg) / "explain.csv")

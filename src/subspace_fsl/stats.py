@@ -21,8 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as sps
-from statsmodels.stats.multitest import multipletests
 
 Z95 = 1.96
 
@@ -77,6 +75,10 @@ def paired_compare(a: Sequence[float] | np.ndarray,
     xa, xb = _array(a), _array(b)
     if xa.shape != xb.shape:
         raise ValueError(f"paired samples differ in length: {xa.size} vs {xb.size}")
+    # imported here: scipy.stats costs a second, which every Snakemake invocation (its
+    # Snakefile imports the report's table names) would otherwise pay
+    from scipy import stats as sps
+
     diff = xa - xb
     mean, half = mean_ci(diff)
     if np.all(diff == 0):
@@ -96,5 +98,7 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     out = np.full(arr.shape, np.nan)
     ok = ~np.isnan(arr)
     if ok.any():
+        from statsmodels.stats.multitest import multipletests
+
         out[ok] = multipletests(arr[ok], method="holm")[1]
     return out

@@ -7,10 +7,10 @@ from subspace_fsl import grid, paths, readers
 from subspace_fsl import report as fsl_report
 from subspace_fsl import snakemake_job
 from subspace_fsl import targets as fsl_targets
-from subspace_fsl.engine import features as fsl_features
+from subspace_fsl import frozen_protocol as fsl_protocol
 
 # train.backbone: frozen needs the pretrained init and an augmentation stored features allow
-fsl_features.check_frozen_settings(config)
+fsl_protocol.check_frozen_settings(config)
 METHODS = [grid.method_name(config), *grid.baseline_names(config)]
 RUNS = grid.all_runs(config)
 DATASET = paths.dataset_name(config)
@@ -77,12 +77,12 @@ def pretrained_input(wildcards):
 def cache_input(wildcards):
     """The image cache, unless the runs read stored features (train.backbone: frozen); one
     path or none, so the script reads ``snakemake.input.cache or None``."""
-    return [] if fsl_features.is_frozen(config) else str(paths.cache_dir(config))
+    return [] if fsl_protocol.is_frozen(config) else str(paths.cache_dir(config))
 
 
 def features_input(wildcards):
     """The embed rule's feature file when the runs read it (train.backbone: frozen)."""
-    return str(paths.features_path(config)) if fsl_features.is_frozen(config) else []
+    return str(paths.features_path(config)) if fsl_protocol.is_frozen(config) else []
 
 
 def runtime_settings(wildcards, threads):

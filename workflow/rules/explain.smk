@@ -1,7 +1,7 @@
 # The explain step: per-subspace evidence maps of the chosen models on novel episodes, their
 # part profiles, specialization and diversity, the RV matrix, and the lambda1 > 0 vs
 # lambda1 = 0 paired test (docs/explain.md). Reads trained models only.
-from subspace_fsl.explain import pipeline as fsl_explain
+from subspace_fsl.explain import outputs as fsl_explain
 
 
 rule explain:

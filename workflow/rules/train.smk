@@ -51,7 +51,7 @@ rule embed:
         runtime=120,
     params:
         settings=snakemake_job.pretrain_settings(config),
-        flipped=fsl_features.needs_flipped(config),
+        flipped=fsl_protocol.needs_flipped(config),
         runtime=runtime_settings,
     message:
         f"embed every image of {DATASET} with the pre-trained {config['model']['backbone']}"

@@ -233,7 +233,7 @@ class CellGroup:
         self.split_file, self.cache_dir = split_file, cache_dir
         self.features_file = features_file
         self.restart_changed = restart_changed
-        from subspace_fsl.engine.features import is_frozen
+        from subspace_fsl.frozen_protocol import is_frozen
 
         self.frozen = is_frozen(self.cfgs[0])
 

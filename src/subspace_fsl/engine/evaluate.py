@@ -32,16 +32,11 @@ from subspace_fsl.config import (
 )
 from subspace_fsl.engine.checkpoint import load_checkpoint
 from subspace_fsl.engine.data import EngineData, check_episode_fits, open_data, place_cache
-from subspace_fsl.engine.features import (
-    FeatureError,
-    FeatureTable,
-    feature_data,
-    is_frozen,
-    open_features,
-    protocol,
-)
+from subspace_fsl.engine.features import FeatureError, FeatureTable, feature_data, open_features
 from subspace_fsl.engine.model import FewShotModel, build_model, check_head_episode, mirrored
 from subspace_fsl.evaluation_record import SUMMARY_FILE, evaluation_record
+from subspace_fsl.frozen_protocol import is_frozen
+from subspace_fsl.paths import protocol
 from subspace_fsl.runtime import Runtime, configure, no_grad_eval, place_model, to_input
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ from subspace_fsl.engine.evaluate import (
     summarise,
     table_accuracies,
 )
-from subspace_fsl.engine.features import feature_data, protocol
+from subspace_fsl.engine.features import feature_data
 from subspace_fsl.engine.model import (
     FewShotModel,
     build_model,
@@ -60,6 +60,7 @@ from subspace_fsl.engine.model import (
     with_mirrored_support,
 )
 from subspace_fsl.engine.progress import Progress
+from subspace_fsl.paths import protocol
 from subspace_fsl.readers import read_json
 from subspace_fsl.runtime import Runtime, configure, maybe_compile, place_model, to_input
 
@@ -464,7 +465,7 @@ class TrainingRun:
         restart_changed: bool = False,
         features_file: str | os.PathLike[str] | None = None,
     ) -> None:
-        from subspace_fsl.engine.features import is_frozen
+        from subspace_fsl.frozen_protocol import is_frozen
         from subspace_fsl.tracking import NullTracker
 
         self.cfg, self.out = cfg, Path(out_dir)
@@ -813,7 +814,8 @@ class TrainingRun:
         """A frozen run's feature table, checked current (a stale one is refused); a run
         folder whose checkpoint was trained on another table is refused, or, with
         ``restart_changed``, started afresh: nothing trained on old features is resumed."""
-        from subspace_fsl.engine.features import check_frozen_settings, open_features
+        from subspace_fsl.engine.features import open_features
+        from subspace_fsl.frozen_protocol import check_frozen_settings
 
         check_frozen_settings(self.cfg)
         self.table = open_features(self.cfg, self.features_file, self.cache_dir)

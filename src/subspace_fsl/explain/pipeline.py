@@ -35,29 +35,12 @@ import torch
 
 from subspace_fsl import grid, paths
 from subspace_fsl.config import atomic_write_text, save_config
+from subspace_fsl.explain.outputs import explain_dir, way_shots
 
 log = logging.getLogger(__name__)
 
 MEASURES = ("accuracy", "specialization", "diversity", "mean_rv", "mean_angle")
 PAIRED_MEASURES = ("specialization", "diversity")
-PLOT_KINDS = ("examples", "profile", "rv")
-
-
-def explain_dir(cfg: Mapping[str, Any]) -> Path:
-    return paths.results_dir(cfg) / "explain" / paths.dataset_name(cfg)
-
-
-def way_shots(cfg: Mapping[str, Any]) -> list[tuple[int, int]]:
-    return [(w, k) for w in cfg["grid"]["way"] for k in cfg["grid"]["shot"]]
-
-
-def output_files(cfg: Mapping[str, Any]) -> list[Path]:
-    """Every file the step writes (known from the grid alone, for the workflow)."""
-    out = explain_dir(cfg)
-    files = [out / n for n in ("episodes.csv", "explain.csv", "explain.md", "paired.csv",
-                               "paired.md", "profiles.csv")]
-    files += [out / f"{kind}_w{w}_k{k}.png" for w, k in way_shots(cfg) for kind in PLOT_KINDS]
-    return [*files, out / "done.json"]
 
 
 @dataclass(frozen=True)

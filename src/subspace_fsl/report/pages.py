@@ -116,7 +116,7 @@ def headline_html(cfg: Mapping[str, Any], main: pd.DataFrame) -> str:
 def page_sources(cfg: Mapping[str, Any]) -> dict[str, Path]:
     """Every HTML page of the report and the Markdown file it renders: every table
     (``tables/{d}/{name}.md``) and the explain step's tables (``explain_*``)."""
-    from subspace_fsl.explain.pipeline import explain_dir
+    from subspace_fsl.explain.outputs import explain_dir
     from subspace_fsl.report.tables import TABLE_NAMES
 
     sources = {name: paths.tables_dir(cfg) / f"{name}.md" for name in TABLE_NAMES}
