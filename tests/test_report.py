@@ -211,6 +211,38 @@ def test_every_table_in_every_format(fabricated):
     assert ((both["lambda1"] == 0) & (both["lambda2"] == 0)).all()
 
 
+def test_constraints_table_paired_against_scipy(fabricated):
+    """Each switched-off variant minus the both-constraints cell of the same S, on the same
+    novel episodes (seed-averaged), equals scipy's Wilcoxon and paired t on the episodes
+    files; a variant that is the both-constraints cell itself gets no comparison."""
+    selection.run_selection(fabricated)
+    report.write_tables(fabricated)
+    cons = pd.read_csv(paths.tables_dir(fabricated) / "constraints.csv")
+    here = cons[(cons["shot"] == 5) & (cons["n_subspaces"] == 4)].set_index("variant")
+
+    def episodes(r):
+        return np.mean([pd.read_csv(paths.eval_dir(
+            fabricated, "multisubspace", "novel",
+            paths.run_name(5, 5, 4, r["lambda1"], r["lambda2"], s, r["tau"])) / "episodes.csv")
+            ["accuracy"].to_numpy() for s in (0, 1)], axis=0)
+
+    both = here.loc["both constraints (λ1, λ2 chosen)"]
+    assert (both["lambda1"], both["lambda2"]) == (0.3, 0)  # what validation chose at S=4
+    assert np.isnan(here.loc["L2 off (λ2 = 0, λ1 chosen)", "diff_vs_both"])  # the same cell
+    l1_off = here.loc["L1 off (λ1 = 0, λ2 chosen)"]
+    ours, ref = episodes(l1_off), episodes(both)
+    assert l1_off["diff_vs_both"] == pytest.approx(100 * (ours - ref).mean())
+    assert l1_off["diff_ci95"] == pytest.approx(
+        100 * 1.96 * (ours - ref).std(ddof=1) / np.sqrt(EPISODES))
+    assert l1_off["p_wilcoxon"] == pytest.approx(sps.wilcoxon(ours, ref).pvalue)
+    assert l1_off["p_ttest"] == pytest.approx(sps.ttest_rel(ours, ref).pvalue)
+    tested = cons["p_wilcoxon"].notna()
+    assert tested.sum() >= 4 and (cons.loc[tested, "p_wilcoxon_holm"]
+                                  >= cons.loc[tested, "p_wilcoxon"]).all()
+    md = (paths.tables_dir(fabricated) / "constraints.md").read_text()
+    assert f"vs both {l1_off['diff_vs_both']:+.2f} ± {l1_off['diff_ci95']:.2f}" in md
+
+
 def test_main_table_numbers_by_hand(fabricated):
     selection.run_selection(fabricated)
     report.write_tables(fabricated)

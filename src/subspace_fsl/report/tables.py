@@ -202,7 +202,10 @@ CONSTRAINT_VARIANTS = (
 
 def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: str) -> Table:
     """Each constraint switched off: the best validation cell among those with that lambda 0
-    (over the other lambda and tau; ties to the simpler setting, as in the selection)."""
+    (over the other lambda and tau; ties to the simpler setting, as in the selection), and
+    its per-episode difference from the both-constraints cell of the same S on the same
+    novel episodes: d_e = acc_variant(e) - acc_both(e), Wilcoxon and paired t on d, Holm over
+    the table's comparisons."""
     from subspace_fsl.selection import cell_scores
 
     method = grid.method_name(cfg)
@@ -212,6 +215,7 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
         for s in cfg["grid"]["n_subspaces"]:
             here = scores[(scores["way"] == way) & (scores["shot"] == shot)
                           & (scores["n_subspaces"] == s)]
+            both: tuple[dict[str, Any], pd.Series] | None = None
             for label, l1, l2 in CONSTRAINT_VARIANTS:
                 cand = here
                 if l1 is not None:
@@ -227,16 +231,50 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
                     cells.append((row, col, "not in grid"))
                     continue
                 config = config_of(simplicity_order(cand).iloc[0])
-                summary = summarise(cell_rows(results, method, "novel", way, shot, **config))
-                records.append({"way": way, "shot": shot, "variant": label, **config,
-                                **summary})
-                text = settings_text(cfg, method, config, with_s=False)
-                cells.append((row, col, f"{format_cell(summary)} ({text})"))
-    md, tex = _display_pair(cells)
+                rows = cell_rows(results, method, "novel", way, shot, **config)
+                record = {"way": way, "shot": shot, "variant": label, **config,
+                          **summarise(rows)}
+                episodes = paired_episodes(rows)
+                if l1 is None and l2 is None:
+                    both = (config, episodes)
+                elif both is not None and config != both[0]:
+                    r = stats.paired_compare(*_aligned(episodes, both[1]))
+                    record.update(diff_vs_both=100 * r.mean_diff, diff_ci95=100 * r.ci95,
+                                  p_wilcoxon=r.p_wilcoxon, p_ttest=r.p_ttest)
+                records.append(record)
+                cells.append((row, col, config))
+    data = pd.DataFrame(records)
+    for column in ("diff_vs_both", "diff_ci95", "p_wilcoxon", "p_ttest"):
+        if column not in data:
+            data[column] = math.nan
+    data["p_wilcoxon_holm"] = stats.holm(data["p_wilcoxon"].to_numpy())
+    data["p_ttest_holm"] = stats.holm(data["p_ttest"].to_numpy())
+    texts = []
+    for (row, col, config), (_, r) in zip(cells, data.iterrows(), strict=True):
+        if isinstance(config, str):  # "not in grid"
+            texts.append((row, col, config))
+            continue
+        text = f"{format_cell(r)} ({settings_text(cfg, method, config, with_s=False)})"
+        if not math.isnan(r["diff_vs_both"]):
+            text += (f"; vs both {r['diff_vs_both']:+.2f} ± {r['diff_ci95']:.2f}, "
+                     f"p {r['p_wilcoxon_holm']:.2g}")
+        texts.append((row, col, text))
+    md, tex = _display_pair(texts)
     caption = (f"{method} with each constraint switched off: L1 (feature-subspace diversity) "
                f"and L2 (class-subspace discrimination); the remaining lambda is chosen on "
-               f"validation among the grid cells with the switched-off lambda = 0. {context}")
-    return Table("constraints", caption, pd.DataFrame(records), md, tex)
+               f"validation among the grid cells with the switched-off lambda = 0. 'vs both': "
+               f"per-episode accuracy minus that of the both-constraints cell of the same S on "
+               f"the same novel episodes (percentage points, mean ± 95% CI; {PAIRED_TESTS}, "
+               f"Wilcoxon p shown); none where the variant is that cell. {context}")
+    return Table("constraints", caption, data, md, tex)
+
+
+def _aligned(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Two models' per-episode accuracies on the episodes both were evaluated on, in order."""
+    common = a.index.intersection(b.index)
+    if len(common) != len(a) or len(common) != len(b):
+        raise ValueError("the constraint variants were not evaluated on the same episodes")
+    return a.loc[common].to_numpy(), b.loc[common].to_numpy()
 
 
 def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
