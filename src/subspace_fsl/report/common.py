@@ -51,6 +51,14 @@ def paired_episodes(rows: pd.DataFrame) -> pd.Series:
     return rows.groupby("episode")["accuracy"].mean().sort_index()
 
 
+def aligned_episodes(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Two models' per-episode accuracies, in episode order; they must share their episodes."""
+    common = a.index.intersection(b.index)
+    if len(common) != len(a) or len(common) != len(b):
+        raise ValueError("two models compared were not evaluated on the same episodes")
+    return a.loc[common].to_numpy(), b.loc[common].to_numpy()
+
+
 def summarise(rows: pd.DataFrame) -> dict[str, float]:
     """Mean +- CI (in %) over episodes of one model configuration, and the seed spread."""
     if rows.empty:

@@ -23,6 +23,7 @@ import pandas as pd
 from subspace_fsl import grid, paths, stats, targets
 from subspace_fsl.config import atomic_write_text
 from subspace_fsl.report.common import (
+    aligned_episodes,
     cell_rows,
     config_of,
     eval_cells,
@@ -201,11 +202,9 @@ CONSTRAINT_VARIANTS = (
 
 
 def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: str) -> Table:
-    """Each constraint switched off: the best validation cell among those with that lambda 0
-    (over the other lambda and tau; ties to the simpler setting, as in the selection), and
-    its per-episode difference from the both-constraints cell of the same S on the same
-    novel episodes: d_e = acc_variant(e) - acc_both(e), Wilcoxon and paired t on d, Holm over
-    the table's comparisons."""
+    """Each constraint off: the best validation cell with that lambda 0 (ties to the simpler),
+    and d_e = acc_variant(e) - acc_both(e) on the same novel episodes against the both-on cell
+    of the same S (Wilcoxon and paired t on d, Holm over the table)."""
     from subspace_fsl.selection import cell_scores
 
     method = grid.method_name(cfg)
@@ -232,32 +231,27 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
                     continue
                 config = config_of(simplicity_order(cand).iloc[0])
                 rows = cell_rows(results, method, "novel", way, shot, **config)
-                record = {"way": way, "shot": shot, "variant": label, **config,
-                          **summarise(rows)}
+                record = {"way": way, "shot": shot, "variant": label, **config, **summarise(rows)}
                 episodes = paired_episodes(rows)
                 if l1 is None and l2 is None:
                     both = (config, episodes)
                 elif both is not None and config != both[0]:
-                    r = stats.paired_compare(*_aligned(episodes, both[1]))
+                    r = stats.paired_compare(*aligned_episodes(episodes, both[1]))
                     record.update(diff_vs_both=100 * r.mean_diff, diff_ci95=100 * r.ci95,
                                   p_wilcoxon=r.p_wilcoxon, p_ttest=r.p_ttest)
                 records.append(record)
                 cells.append((row, col, config))
     data = pd.DataFrame(records)
-    for column in ("diff_vs_both", "diff_ci95", "p_wilcoxon", "p_ttest"):
-        if column not in data:
-            data[column] = math.nan
+    tests = ("diff_vs_both", "diff_ci95", "p_wilcoxon", "p_ttest")
+    data = data.reindex(columns=[*data.columns, *(c for c in tests if c not in data)])
     data["p_wilcoxon_holm"] = stats.holm(data["p_wilcoxon"].to_numpy())
     data["p_ttest_holm"] = stats.holm(data["p_ttest"].to_numpy())
     texts = []
     for (row, col, config), (_, r) in zip(cells, data.iterrows(), strict=True):
-        if isinstance(config, str):  # "not in grid"
-            texts.append((row, col, config))
-            continue
-        text = f"{format_cell(r)} ({settings_text(cfg, method, config, with_s=False)})"
-        if not math.isnan(r["diff_vs_both"]):
-            text += (f"; vs both {r['diff_vs_both']:+.2f} ± {r['diff_ci95']:.2f}, "
-                     f"p {r['p_wilcoxon_holm']:.2g}")
+        text = config if isinstance(config, str) else (  # str: "not in grid"
+            f"{format_cell(r)} ({settings_text(cfg, method, config, with_s=False)})")
+        if not isinstance(config, str) and not math.isnan(r["diff_vs_both"]):
+            text += f"; vs both {r['diff_vs_both']:+.2f} ± {r['diff_ci95']:.2f}, p {r['p_wilcoxon_holm']:.2g}"  # noqa: E501
         texts.append((row, col, text))
     md, tex = _display_pair(texts)
     caption = (f"{method} with each constraint switched off: L1 (feature-subspace diversity) "
@@ -267,14 +261,6 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
                f"the same novel episodes (percentage points, mean ± 95% CI; {PAIRED_TESTS}, "
                f"Wilcoxon p shown); none where the variant is that cell. {context}")
     return Table("constraints", caption, data, md, tex)
-
-
-def _aligned(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Two models' per-episode accuracies on the episodes both were evaluated on, in order."""
-    common = a.index.intersection(b.index)
-    if len(common) != len(a) or len(common) != len(b):
-        raise ValueError("the constraint variants were not evaluated on the same episodes")
-    return a.loc[common].to_numpy(), b.loc[common].to_numpy()
 
 
 def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.DataFrame,
@@ -294,10 +280,7 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
             theirs_config = config_of(theirs_row)
             theirs = paired_episodes(cell_rows(results, name, evaluated_on, way, shot,
                                                **theirs_config, eval_shot=eval_shot))
-            common = ours.index.intersection(theirs.index)
-            if len(common) != len(ours) or len(common) != len(theirs):
-                raise ValueError(f"{method} and {name} were not evaluated on the same episodes")
-            r = stats.paired_compare(ours.loc[common].to_numpy(), theirs.loc[common].to_numpy())
+            r = stats.paired_compare(*aligned_episodes(ours, theirs))
             records.append({"way": way, "shot": shot, "eval_shot": eval_shot,
                             "method": method, **ours_config,
                             "budget": int(mine["budget"]), "baseline": name,
