@@ -51,11 +51,13 @@ def paired_episodes(rows: pd.DataFrame) -> pd.Series:
     return rows.groupby("episode")["accuracy"].mean().sort_index()
 
 
-def aligned_episodes(a: pd.Series, b: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Two models' per-episode accuracies, in episode order; they must share their episodes."""
+def aligned_episodes(a: pd.Series, b: pd.Series,
+                     names: str) -> tuple[np.ndarray, np.ndarray]:
+    """Two models' per-episode accuracies, in episode order; ``names`` says which two in the
+    error raised when they were not evaluated on the same episodes."""
     common = a.index.intersection(b.index)
     if len(common) != len(a) or len(common) != len(b):
-        raise ValueError("two models compared were not evaluated on the same episodes")
+        raise ValueError(f"not evaluated on the same episodes: {names}")
     return a.loc[common].to_numpy(), b.loc[common].to_numpy()
 
 

@@ -227,7 +227,7 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
                                     "variant": label, "lambda1": math.nan,
                                     "lambda2": math.nan, "tau": math.nan, "mean": math.nan,
                                     "ci95": math.nan})
-                    cells.append((row, col, "not in grid"))
+                    cells.append((row, col, None))
                     continue
                 config = config_of(simplicity_order(cand).iloc[0])
                 rows = cell_rows(results, method, "novel", way, shot, **config)
@@ -236,22 +236,22 @@ def constraints_table(cfg: Mapping[str, Any], results: pd.DataFrame, context: st
                 if l1 is None and l2 is None:
                     both = (config, episodes)
                 elif both is not None and config != both[0]:
-                    r = stats.paired_compare(*aligned_episodes(episodes, both[1]))
+                    r = stats.paired_compare(*aligned_episodes(episodes, both[1], row))
                     record.update(diff_vs_both=100 * r.mean_diff, diff_ci95=100 * r.ci95,
                                   p_wilcoxon=r.p_wilcoxon, p_ttest=r.p_ttest)
                 records.append(record)
-                cells.append((row, col, config))
+                cells.append((row, col, settings_text(cfg, method, config, with_s=False)))
     data = pd.DataFrame(records)
     tests = ("diff_vs_both", "diff_ci95", "p_wilcoxon", "p_ttest")
     data = data.reindex(columns=[*data.columns, *(c for c in tests if c not in data)])
     data["p_wilcoxon_holm"] = stats.holm(data["p_wilcoxon"].to_numpy())
     data["p_ttest_holm"] = stats.holm(data["p_ttest"].to_numpy())
     texts = []
-    for (row, col, config), (_, r) in zip(cells, data.iterrows(), strict=True):
-        text = config if isinstance(config, str) else (  # str: "not in grid"
-            f"{format_cell(r)} ({settings_text(cfg, method, config, with_s=False)})")
-        if not isinstance(config, str) and not math.isnan(r["diff_vs_both"]):
-            text += f"; vs both {r['diff_vs_both']:+.2f} ± {r['diff_ci95']:.2f}, p {r['p_wilcoxon_holm']:.2g}"  # noqa: E501
+    for (row, col, settings), (_, r) in zip(cells, data.iterrows(), strict=True):
+        text = "not in grid" if settings is None else f"{format_cell(r)} ({settings})"
+        if not math.isnan(r["diff_vs_both"]):  # NaN: no comparison, or not in grid
+            text += (f"; vs both {r['diff_vs_both']:+.2f} ± {r['diff_ci95']:.2f}, "
+                     f"p {r['p_wilcoxon_holm']:.2g}")
         texts.append((row, col, text))
     md, tex = _display_pair(texts)
     caption = (f"{method} with each constraint switched off: L1 (feature-subspace diversity) "
@@ -280,7 +280,7 @@ def paired_table(cfg: Mapping[str, Any], results: pd.DataFrame, selection: pd.Da
             theirs_config = config_of(theirs_row)
             theirs = paired_episodes(cell_rows(results, name, evaluated_on, way, shot,
                                                **theirs_config, eval_shot=eval_shot))
-            r = stats.paired_compare(*aligned_episodes(ours, theirs))
+            r = stats.paired_compare(*aligned_episodes(ours, theirs, f"{method} and {name}"))
             records.append({"way": way, "shot": shot, "eval_shot": eval_shot,
                             "method": method, **ours_config,
                             "budget": int(mine["budget"]), "baseline": name,
